@@ -1,0 +1,128 @@
+"""`stillwatch teach`, `eval`, `tasks` and `presets`: the built-in world."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def teach(
+    out: Path = typer.Option(..., "--out", help="Model directory to write (resumes if a run was interrupted)."),
+    preset: str = typer.Option("default", "--preset", help="Teacher size: tiny (tests, ~1 min) or default (demo)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation and data."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override the preset's number of steps."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Train on these tasks only (repeatable)."),
+) -> None:
+    """Train the built-in teacher on the built-in tasks, with checkpoints and resume."""
+    from stillwatch.tasks import TASK_NAMES, get_tasks
+    from stillwatch.teach import teach as run_teach
+
+    names = task or list(TASK_NAMES)
+    get_tasks(names)  # fail fast on an unknown task
+    card = run_teach(out, preset=preset, seed=seed, steps=steps, task_names=names,
+                     command="stillwatch " + " ".join(sys.argv[1:]))
+    table = Table(title=f"teacher {out} ({card['parameters']:,} parameters, {card['train']['seconds']:.0f} s)")
+    table.add_column("task")
+    table.add_column("accuracy", justify="right")
+    for name, acc in card["accuracy"].items():
+        table.add_row(name, f"{acc:.1%}")
+    Console().print(table)
+
+
+def eval_(
+    model: Optional[Path] = typer.Option(None, "--model", help="Model directory to evaluate."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Or an OpenAI-compatible base URL."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="Key for --endpoint."),
+    served_model: str = typer.Option("stillwatch", "--served-model", help="Model name at --endpoint."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Task to evaluate (repeatable; default all)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference model directory for retention."),
+    n: int = typer.Option(200, "--n", min=1, help="Held-out prompts per task."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write machine-readable results here."),
+) -> None:
+    """Accuracy per task, valid rate, parameters, throughput and latency; retention against --reference."""
+    from stillwatch.errors import ConfigError
+    from stillwatch.evaluate import compare, evaluate
+    from stillwatch.tasks import TASK_NAMES, get_tasks
+    from stillwatch.teachers import open_teacher
+
+    if (model is None) == (endpoint is None):
+        raise ConfigError("give exactly one of --model DIR or --endpoint URL")
+    tasks = get_tasks(task or list(TASK_NAMES))
+    subject = open_teacher(model_dir=model, endpoint=endpoint, api_key=api_key, model_name=served_model)
+    report = evaluate(subject, tasks, n=n)
+    comparison = None
+    if reference is not None:
+        comparison = compare(report, evaluate(open_teacher(model_dir=reference), tasks, n=n))
+    _print_eval(str(model or endpoint), report, comparison)
+    if json_out is not None:
+        slim = {**report, "tasks": {k: {kk: vv for kk, vv in v.items() if kk != "answers"}
+                                    for k, v in report["tasks"].items()}}
+        json_out.write_text(json.dumps({"model": str(model or endpoint), "report": slim,
+                                        "reference": str(reference) if reference else None,
+                                        "comparison": comparison}, indent=2) + "\n")
+
+
+def _print_eval(label: str, report: dict, comparison: dict | None) -> None:
+    params = report.get("parameters")
+    table = Table(title=f"{label}" + (f" ({params:,} parameters)" if params else ""))
+    for col in ("task", "kind", "accuracy / valid", "retention", "agreement"):
+        table.add_column(col, justify="left" if col in ("task", "kind") else "right")
+    for name, row in report["tasks"].items():
+        cmp = (comparison or {}).get("tasks", {}).get(name, {})
+        ret, agr = cmp.get("retention"), cmp.get("agreement")
+        table.add_row(name, row["kind"], f"{row['accuracy']:.1%}", "" if ret is None else f"{ret:.1%}",
+                      "" if agr is None else f"{agr:.1%}")
+    out = Console()
+    out.print(table)
+    out.print(f"throughput {report['tokens_per_s']:.0f} tokens/s, latency {report['latency_ms']:.1f} ms per completion")
+    if comparison:
+        if "parameter_ratio" in comparison:
+            out.print(f"parameter ratio {comparison['parameter_ratio']:.3f} (1/{1 / comparison['parameter_ratio']:.1f})")
+        if "throughput_speedup" in comparison:
+            out.print(f"throughput speed-up {comparison['throughput_speedup']:.2f}x over the reference")
+
+
+def tasks_() -> None:
+    """List the built-in tasks with one example each."""
+    from stillwatch.tasks import TASK_NAMES, examples, get_task
+
+    table = Table(title="built-in tasks")
+    for col in ("task", "kind", "prompt", "reference completion"):
+        table.add_column(col)
+    for name in TASK_NAMES:
+        t = get_task(name)
+        ex = examples(t, 1, 0)[0]
+        table.add_row(name, t.kind, ex.prompt.strip(), ex.trace)
+    Console().print(table)
+
+
+def presets() -> None:
+    """List model size presets with their parameter counts."""
+    from dataclasses import asdict
+
+    from stillwatch.models import PRESETS, build_model, count_parameters
+    from stillwatch.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer()
+    table = Table(title="model presets (Llama-style)")
+    for col in ("preset", "parameters", "shape"):
+        table.add_column(col)
+    for name, p in PRESETS.items():
+        table.add_row(name, f"{count_parameters(build_model(p, tokenizer)):,}", str(asdict(p)))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the core commands."""
+    app.command("teach")(teach)
+    app.command("eval")(eval_)
+    app.command("tasks")(tasks_)
+    app.command("presets")(presets)

@@ -1,0 +1,78 @@
+"""Accuracy, valid rate, throughput and latency of a model on the built-in tasks; retention against a reference."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Sequence
+
+from stillwatch.models import count_parameters
+from stillwatch.tasks import Task, examples, extract_answer
+from stillwatch.teachers.base import Teacher
+from stillwatch.teachers.completion import SamplingParams
+
+EVAL_SEED = 1_000_003  # far from every training seed's stream
+MAX_TOKENS = 96
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = EVAL_SEED,
+             latency_samples: int = 8) -> dict:
+    """Score `n` held-out prompts per task: greedy for reasoning tasks, sampled at temperature 1 for open ones."""
+    report: dict = {"tasks": {}, "n": n, "seed": seed}
+    generated, seconds = 0, 0.0
+    for task in tasks:
+        exs = examples(task, n, seed)
+        params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0 if task.kind == "reasoning" else 1.0,
+                                seed=seed)
+        began = time.perf_counter()
+        outputs = _run(teacher.complete([e.prompt for e in exs], params))
+        seconds += time.perf_counter() - began
+        completions = [o[0] for o in outputs]
+        generated += sum(c.completion_tokens for c in completions)
+        correct = [task.score(e.prompt, c.text) for e, c in zip(exs, completions)]
+        report["tasks"][task.name] = {
+            "kind": task.kind,
+            "n": n,
+            "accuracy": sum(correct) / n,
+            "answers": [extract_answer(c.text) if task.kind == "reasoning" else None for c in completions],
+        }
+    report["tokens_per_s"] = generated / seconds if seconds else 0.0
+    report["latency_ms"] = _latency_ms(teacher, tasks, latency_samples, seed)
+    model = getattr(teacher, "model", None)
+    report["parameters"] = count_parameters(model) if model is not None else None
+    return report
+
+
+def _latency_ms(teacher: Teacher, tasks: Sequence[Task], samples: int, seed: int) -> float:
+    """Mean wall time of one greedy completion requested alone."""
+    if samples <= 0:
+        return 0.0
+    prompts = [e.prompt for t in tasks for e in examples(t, max(1, samples // len(tasks)), seed + 1)]
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    began = time.perf_counter()
+    for p in prompts:
+        _run(teacher.complete([p], params))
+    return 1000 * (time.perf_counter() - began) / len(prompts)
+
+
+def compare(student: dict, reference: dict) -> dict:
+    """Retention (student accuracy / reference accuracy), answer agreement, parameter ratio and speed-up."""
+    out: dict = {"tasks": {}}
+    for name, s in student["tasks"].items():
+        r = reference["tasks"].get(name)
+        if r is None:
+            continue
+        row = {"retention": s["accuracy"] / r["accuracy"] if r["accuracy"] else None}
+        if s["kind"] == "reasoning":
+            same = [a is not None and a == b for a, b in zip(s["answers"], r["answers"])]
+            row["agreement"] = sum(same) / len(same) if same else None
+        out["tasks"][name] = row
+    if student.get("parameters") and reference.get("parameters"):
+        out["parameter_ratio"] = student["parameters"] / reference["parameters"]
+    if reference.get("tokens_per_s"):
+        out["throughput_speedup"] = student["tokens_per_s"] / reference["tokens_per_s"]
+    return out

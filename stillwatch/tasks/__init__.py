@@ -1,0 +1,42 @@
+"""The built-in world: verifiable reasoning tasks and an open-ended grammar task."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from stillwatch.errors import UnknownTaskError
+from stillwatch.tasks.arithmetic import Addition, ModularChain, Multiplication
+from stillwatch.tasks.base import ANSWER_MARK, Example, Task, examples, extract_answer
+from stillwatch.tasks.story import Story
+
+_REGISTRY: dict[str, Callable[[], Task]] = {
+    "add": Addition,
+    "mul": Multiplication,
+    "chain": ModularChain,
+    "story": Story,
+}
+TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+REASONING_TASKS: tuple[str, ...] = ("add", "mul", "chain")
+
+
+def get_task(name: str) -> Task:
+    """The task called `name` at its default difficulty."""
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise UnknownTaskError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}") from None
+
+
+def get_tasks(names: list[str] | tuple[str, ...] | None = None) -> list[Task]:
+    """Tasks by name, or all of them."""
+    return [get_task(n) for n in (names or TASK_NAMES)]
+
+
+def task_for_prompt(prompt: str) -> Task | None:
+    """The built-in task a prompt belongs to, from its `name:` prefix."""
+    name = prompt.split(":", 1)[0]
+    return get_task(name) if name in _REGISTRY else None
+
+
+__all__ = ["ANSWER_MARK", "Example", "Task", "TASK_NAMES", "REASONING_TASKS", "examples", "extract_answer",
+           "get_task", "get_tasks", "task_for_prompt", "Addition", "Multiplication", "ModularChain", "Story"]

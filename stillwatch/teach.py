@@ -1,0 +1,89 @@
+"""Train the built-in teacher (or an answers-only / trace baseline) on the built-in tasks."""
+
+from __future__ import annotations
+
+import platform
+import random
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from stillwatch.data import causal_lm_loss, encode_pairs
+from stillwatch.errors import ModelDirError
+from stillwatch.evaluate import evaluate
+from stillwatch.models import build_model, count_parameters, get_preset, save_model
+from stillwatch.tasks import TASK_NAMES, Task, get_tasks
+from stillwatch.teachers.local import LocalTeacher
+from stillwatch.tokenizer import load_tokenizer, train_tokenizer
+from stillwatch.train import BatchFn, TrainConfig, train
+
+RUN_DIR = "_run"
+# Steps and batch size per teacher preset: `tiny` is for tests (about a minute), `default` for the demo.
+SCHEDULES: dict[str, tuple[TrainConfig, int]] = {
+    "tiny": (TrainConfig(steps=250, lr=4e-3, warmup=20, checkpoint_every=50), 32),
+    "default": (TrainConfig(steps=1600, lr=3e-3, warmup=60, checkpoint_every=100), 64),
+}
+
+
+def task_batches(tokenizer: PreTrainedTokenizerBase, tasks: Sequence[Task], batch_size: int, seed: int,
+                 answers_only: bool = False) -> BatchFn:
+    """Global batches of ground-truth examples drawn round-robin from `tasks`, a pure function of the step."""
+
+    def make_batch(step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"train:{seed}:{step}")
+        rows = [tasks[i % len(tasks)].example(rng) for i in range(batch_size)][rank::world]
+        completions = [ex.answer_only if answers_only else ex.trace for ex in rows]
+        return encode_pairs(tokenizer, [ex.prompt for ex in rows], completions)
+
+    return make_batch
+
+
+def _tokenizer_for(out: Path) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: reloaded when resuming so that token ids never change mid-run."""
+    if (out / "tokenizer.json").is_file():
+        return load_tokenizer(out)
+    tokenizer = train_tokenizer()
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def teach(out: str | Path, preset: str = "default", seed: int = 0, steps: int | None = None,
+          task_names: Sequence[str] = TASK_NAMES, answers_only: bool = False, eval_n: int = 200,
+          progress: bool = True, command: str | None = None, tokenizer_from: str | Path | None = None) -> dict:
+    """Train a model of `preset` on the tasks, evaluate it, and write the model directory with its card."""
+    out = Path(out)
+    schedule, batch_size = SCHEDULES.get(preset, SCHEDULES["default"])
+    get_preset(preset)
+    config = TrainConfig(**{**asdict(schedule), "seed": seed, **({"steps": steps} if steps else {})})
+    if out.exists() and any(out.iterdir()) and not (out / "tokenizer.json").is_file():
+        raise ModelDirError(f"{out} exists and is not a stillwatch run; choose an empty or new directory")
+    if tokenizer_from is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        load_tokenizer(tokenizer_from).save_pretrained(out)
+    tokenizer = _tokenizer_for(out)
+    tasks = get_tasks(list(task_names))
+    model = build_model(preset, tokenizer, seed=seed)
+    result = train(model, task_batches(tokenizer, tasks, batch_size, seed, answers_only), causal_lm_loss, config,
+                   out / RUN_DIR, progress=progress, description=f"teach {preset}")
+    report = evaluate(LocalTeacher(model, tokenizer), tasks, n=eval_n)
+    card = {
+        "kind": "stillwatch-teacher" if not answers_only else "stillwatch-answers-only",
+        "preset": preset,
+        "parameters": count_parameters(model),
+        "tasks": list(task_names),
+        "accuracy": {name: r["accuracy"] for name, r in report["tasks"].items()},
+        "train": {**result.to_dict(), "batch_size": batch_size, "config": asdict(config)},
+        "seed": seed,
+        "command": command or " ".join(sys.argv),
+        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
+    }
+    card["train"].pop("losses")
+    save_model(model, tokenizer, out, card)
+    shutil.rmtree(out / RUN_DIR, ignore_errors=True)
+    return card
