@@ -1,0 +1,45 @@
+"""Gateway settings: one explicit object, read from arguments or `STILLWATCH_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DB_URL = "sqlite:///stillwatch.db"
+
+
+class GuardSettings(BaseSettings):
+    """Everything `create_app(settings)` needs; no module-level state anywhere else."""
+
+    model_config = SettingsConfigDict(env_prefix="STILLWATCH_", extra="ignore")
+
+    # Backend: exactly one of a local model directory or an upstream OpenAI-compatible URL.
+    teacher: Path | None = None
+    upstream: str | None = None
+    upstream_api_key: SecretStr | None = None
+    served_model_name: str = "stillwatch"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_url: str = Field(DEFAULT_DB_URL, validation_alias="STILLWATCH_DB")
+    admin_key: SecretStr | None = None
+    # "memory://" for one replica; "redis://127.0.0.1:6379" to share limits across replicas.
+    rate_limit_storage: str = "memory://"
+    quotas_file: Path | None = None
+
+    max_body_bytes: int = 1_000_000
+    max_n: int = 8
+    max_tokens_limit: int = 512
+    store_prompts: bool = True
+    prompt_retention_days: int = 30
+    show_block_reason: bool = True
+
+    # Local backend batching.
+    max_batch: int = 64
+    batch_wait_ms: float = 5.0
+
+    # Forensics hooks (issue 4): watermark every local completion when a key is set.
+    watermark_key: SecretStr | None = None
+    antidistill_all: bool = False

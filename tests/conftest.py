@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny teacher is trained once per source version and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The files whose change must retrain the cached teacher.
+_TEACHER_SOURCES = ["tasks/base.py", "tasks/arithmetic.py", "tasks/story.py", "tokenizer.py", "models.py",
+                    "teach.py", "train.py", "data.py"]
+
+
+def _source_hash() -> str:
+    digest = hashlib.sha256()
+    for rel in _TEACHER_SOURCES:
+        digest.update((ROOT / "stillwatch" / rel).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher() -> Path:
+    """A trained `tiny` teacher directory (read-only: copy it before changing anything)."""
+    from stillwatch.teach import teach
+
+    cache = Path(os.environ.get("STILLWATCH_TEST_CACHE", ROOT / ".cache" / "tests"))
+    path = cache / f"tiny-teacher-{_source_hash()}"
+    if not (path / "stillwatch_card.json").is_file():
+        teach(path, preset="tiny", seed=0, eval_n=50, progress=False)
+    return path
