@@ -13,7 +13,8 @@ DEFAULT_DB_URL = "sqlite:///stillwatch.db"
 class GuardSettings(BaseSettings):
     """Everything `create_app(settings)` needs; no module-level state anywhere else."""
 
-    model_config = SettingsConfigDict(env_prefix="STILLWATCH_", extra="ignore")
+    # populate_by_name: GuardSettings(db_url=...) must work too, not only the STILLWATCH_DB alias.
+    model_config = SettingsConfigDict(env_prefix="STILLWATCH_", extra="ignore", populate_by_name=True)
 
     # Backend: exactly one of a local model directory or an upstream OpenAI-compatible URL.
     teacher: Path | None = None
@@ -34,6 +35,10 @@ class GuardSettings(BaseSettings):
     max_tokens_limit: int = 512
     store_prompts: bool = True
     prompt_retention_days: int = 30
+    # Completions are the evidence `prove` reads, so they are kept until this many days (0 = forever).
+    completion_retention_days: int = 0
+    # Audit group commit: at most this many records per transaction.
+    audit_batch_max: int = 512
     show_block_reason: bool = True
 
     # Local backend batching.
