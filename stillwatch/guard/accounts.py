@@ -1,0 +1,220 @@
+"""Accounts and API keys: create, revoke, block, degrade, and authenticate a key on every request.
+
+A key looks like `sw-<key_id>-<secret>`. The key id is public (it names the key in lists, logs and the audit
+trail) and gives an indexed lookup; the secret is 256 random bits. Only SHA-256 of the whole key is stored
+(a fast hash is enough for a high-entropy secret: there is nothing to guess), and it is compared with
+`hmac.compare_digest`. Blocked and degraded state is read from the database on every request, never cached,
+so a block made through one replica or the CLI holds on the very next request everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from stillwatch.errors import StillwatchError
+from stillwatch.guard.db import write_transaction
+from stillwatch.guard.tables import Account, ApiKey, AuditRecord, utcnow
+
+KEY_PREFIX = "sw"
+_NAME_RE = re.compile(r"^[\w.@+:-]{1,200}$")
+_KEY_RE = re.compile(r"^sw-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
+
+
+class InvalidKey(StillwatchError):
+    """A missing, malformed, unknown or revoked API key (HTTP 401)."""
+
+
+class UnknownAccount(StillwatchError):
+    """No account by that name (HTTP 404)."""
+
+
+class UnknownKey(StillwatchError):
+    """No key with that id (HTTP 404)."""
+
+
+class AccountExists(StillwatchError):
+    """An account by that name exists already (HTTP 409)."""
+
+
+class BadAccountName(StillwatchError):
+    """An account name outside letters, digits and `.@+:-_`, or longer than 200 characters (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the account and key behind a valid API key, with the account's state right now."""
+
+    account_id: int
+    account_name: str
+    key_id: str
+    blocked: bool
+    block_reason: str | None
+    degraded: bool
+
+
+def hash_key(raw_key: str) -> str:
+    """SHA-256 (hex) of a raw key: the only form in which a key is stored."""
+    return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh (key_id, raw_key) pair: 48 public bits of id, 256 secret bits."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(32)}"
+
+
+def key_id_of(raw_key: str) -> str | None:
+    """The public key id inside a well-formed raw key, else None (never raises, never echoes the key)."""
+    match = _KEY_RE.match(raw_key or "")
+    return match.group(1) if match else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise BadAccountName(f"bad account name {name[:50]!r}: use 1-200 letters, digits or .@+:-_")
+    return name
+
+
+class AccountStore:
+    """Accounts and keys in the guard's database (see db.py); every method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # --- accounts -------------------------------------------------------------------------------------
+    def create_account(self, name: str) -> dict[str, Any]:
+        """Create an account; AccountExists if the name is taken."""
+        _check_name(name)
+        try:
+            with write_transaction(self.engine) as conn:
+                conn.execute(insert(Account).values(name=name, blocked=False, degraded=False, created_at=utcnow()))
+        except IntegrityError:
+            raise AccountExists(f"account {name!r} exists already") from None
+        return self.get_account(name)
+
+    def get_account(self, name: str) -> dict[str, Any]:
+        """One account as a dict; UnknownAccount if there is none."""
+        rows = self._accounts(name)
+        if not rows:
+            raise UnknownAccount(f"no account named {name[:200]!r}")
+        return rows[0]
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        """Every account, oldest first, with its number of active keys."""
+        return self._accounts(None)
+
+    def _accounts(self, name: str | None) -> list[dict[str, Any]]:
+        active = (select(func.count()).select_from(ApiKey)
+                  .where(ApiKey.account_id == Account.id, ApiKey.revoked_at.is_(None)).scalar_subquery())
+        stmt = select(Account, active.label("active_keys")).order_by(Account.id)
+        if name is not None:
+            stmt = stmt.where(Account.name == name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [{"id": r.id, "name": r.name, "blocked": r.blocked, "block_reason": r.block_reason,
+                 "blocked_at": _iso(r.blocked_at), "degraded": r.degraded, "created_at": _iso(r.created_at),
+                 "active_keys": r.active_keys} for r in rows]
+
+    def block(self, name: str, reason: str) -> dict[str, Any]:
+        """Block an account: all its keys are refused (403) from the next request on, on every replica."""
+        self._set(name, blocked=True, block_reason=reason, blocked_at=utcnow())
+        return self.get_account(name)
+
+    def unblock(self, name: str) -> dict[str, Any]:
+        """Lift a block."""
+        self._set(name, blocked=False, block_reason=None, blocked_at=None)
+        return self.get_account(name)
+
+    def set_degraded(self, name: str, on: bool) -> dict[str, Any]:
+        """Switch antidistillation sampling on or off for one account (issue 4's "degrade" action)."""
+        self._set(name, degraded=bool(on))
+        return self.get_account(name)
+
+    def _set(self, name: str, **values: Any) -> None:
+        with write_transaction(self.engine) as conn:
+            if conn.execute(update(Account).where(Account.name == name).values(**values)).rowcount != 1:
+                raise UnknownAccount(f"no account named {name[:200]!r}")
+
+    # --- keys -----------------------------------------------------------------------------------------
+    def create_key(self, account_name: str) -> tuple[str, str]:
+        """A new key for `account_name` (created if missing): (key_id, raw_key). The raw key is never stored."""
+        _check_name(account_name)
+        key_id, raw = new_key()
+        with write_transaction(self.engine) as conn:  # BEGIN IMMEDIATE on SQLite: get-or-create is atomic
+            account_id = conn.scalar(select(Account.id).where(Account.name == account_name))
+            if account_id is None:
+                account_id = conn.execute(insert(Account).values(
+                    name=account_name, blocked=False, degraded=False, created_at=utcnow())).inserted_primary_key[0]
+            conn.execute(insert(ApiKey).values(id=key_id, account_id=account_id, key_hash=hash_key(raw),
+                                               created_at=utcnow()))
+        return key_id, raw
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke one key for good (idempotent); UnknownKey if there is no such key."""
+        with write_transaction(self.engine) as conn:
+            if conn.scalar(select(ApiKey.id).where(ApiKey.id == key_id)) is None:
+                raise UnknownKey(f"no key with id {key_id[:40]!r}")
+            conn.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                         .values(revoked_at=utcnow()))
+
+    def list_keys(self, account_name: str | None = None) -> list[dict[str, Any]]:
+        """Keys (ids and dates, never secrets or hashes), of one account or of all."""
+        if account_name is not None:
+            self.get_account(account_name)
+        stmt = (select(ApiKey.id, Account.name, ApiKey.created_at, ApiKey.revoked_at)
+                .join(Account, Account.id == ApiKey.account_id).order_by(ApiKey.created_at, ApiKey.id))
+        if account_name is not None:
+            stmt = stmt.where(Account.name == account_name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [{"key_id": r.id, "account": r.name, "created_at": _iso(r.created_at),
+                 "revoked_at": _iso(r.revoked_at), "active": r.revoked_at is None} for r in rows]
+
+    # --- requests -------------------------------------------------------------------------------------
+    def authenticate(self, raw_key: str | None) -> Principal:
+        """The Principal behind a raw key, read fresh from the database; InvalidKey otherwise.
+
+        A blocked account still authenticates (Principal.blocked): the caller answers 403, not 401.
+        """
+        key_id = key_id_of(raw_key or "")
+        if key_id is None:
+            raise InvalidKey("invalid API key")
+        stmt = (select(ApiKey.key_hash, ApiKey.revoked_at, Account.id, Account.name, Account.blocked,
+                       Account.block_reason, Account.degraded)
+                .join(Account, Account.id == ApiKey.account_id).where(ApiKey.id == key_id))
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None or not hmac.compare_digest(row.key_hash, hash_key(raw_key or "")) or row.revoked_at:
+            raise InvalidKey("invalid API key")
+        return Principal(account_id=row.id, account_name=row.name, key_id=key_id, blocked=bool(row.blocked),
+                         block_reason=row.block_reason, degraded=bool(row.degraded))
+
+    def usage(self, name: str, since: datetime | None = None) -> dict[str, Any]:
+        """Requests, tokens and refusals of one account from the audit log (all time, or since `since`)."""
+        account = self.get_account(name)
+        stmt = select(func.count(), func.coalesce(func.sum(AuditRecord.prompt_tokens), 0),
+                      func.coalesce(func.sum(AuditRecord.completion_tokens), 0),
+                      func.count().filter(AuditRecord.status >= 400),
+                      func.min(AuditRecord.created_at), func.max(AuditRecord.created_at),
+                      ).where(AuditRecord.account_id == account["id"])
+        if since is not None:
+            stmt = stmt.where(AuditRecord.created_at >= since)
+        with self.engine.connect() as conn:
+            requests, prompt_tokens, completion_tokens, refused, first, last = conn.execute(stmt).one()
+        return {"account": name, "since": _iso(since), "requests": requests, "prompt_tokens": int(prompt_tokens),
+                "completion_tokens": int(completion_tokens),
+                "total_tokens": int(prompt_tokens) + int(completion_tokens), "refused": refused,
+                "first_request": _iso(first), "last_request": _iso(last)}
