@@ -1,7 +1,190 @@
-"""CLI commands for this group (filled in by its issue)."""
+"""`stillwatch keys`, `stillwatch accounts` and `stillwatch audit`: the admin operations on the command line.
+
+Each command takes `--db URL`, by default the database `stillwatch serve` uses (`STILLWATCH_DB`, else
+sqlite:///stillwatch.db), and brings its schema up to date first, so a key can be made before the first serve.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+accounts_app = typer.Typer(help="List, create, block, unblock and degrade accounts; show usage.",
+                           no_args_is_help=True)
+
+DB_HELP = "Database URL (default: STILLWATCH_DB, else the one `stillwatch serve` uses)."
+err = Console(stderr=True)
+
+
+def _engine(db: Optional[str]):  # -> sqlalchemy.Engine
+    from stillwatch.guard.db import make_engine, upgrade
+    from stillwatch.guard.settings import GuardSettings
+
+    engine = make_engine(db or GuardSettings().db_url)
+    upgrade(engine)
+    return engine
+
+
+def _store(db: Optional[str]):  # -> AccountStore
+    from stillwatch.guard.accounts import AccountStore
+
+    return AccountStore(_engine(db))
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    Console(soft_wrap=True).print(table)
+
+
+def _cell(value: Any) -> Text:
+    # Values can come from clients (names, reasons, prompts): no markup, no control characters.
+    text = "" if value is None else str(value)
+    return Text("".join(ch if ch.isprintable() else "?" for ch in text))
+
+
+# --- keys ---------------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(account: str = typer.Option(..., "--account", help="Account that owns the key (created if new)."),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Create a key and print it on stdout (only there, and only now: it is stored as a hash)."""
+    key_id, raw = _store(db).create_key(account)
+    err.print(f"created key {key_id} for account {account}; it is shown once, store it now")
+    sys.stdout.write(raw + "\n")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id (the part after `sw-`)."),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Revoke a key for good: the next request with it gets 401."""
+    _store(db).revoke_key(key_id)
+    err.print(f"revoked key {key_id}")
+
+
+@keys_app.command("list")
+def keys_list(account: Optional[str] = typer.Option(None, "--account", help="Only this account's keys."),
+              as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+              db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Key ids, owners and dates (never the keys themselves)."""
+    rows = _store(db).list_keys(account)
+    _print_rows(rows, ["key_id", "account", "created_at", "revoked_at"], "keys", as_json)
+
+
+# --- accounts -----------------------------------------------------------------------------------------
+@accounts_app.command("list")
+def accounts_list(as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Every account with its state."""
+    rows = _store(db).list_accounts()
+    _print_rows(rows, ["name", "blocked", "block_reason", "degraded", "active_keys", "created_at"], "accounts",
+                as_json)
+
+
+@accounts_app.command("create")
+def accounts_create(name: str = typer.Argument(..., help="Account name."),
+                    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Create an account without a key."""
+    _store(db).create_account(name)
+    err.print(f"created account {name}")
+
+
+@accounts_app.command("block")
+def accounts_block(name: str = typer.Argument(..., help="Account name."),
+                   reason: str = typer.Option(..., "--reason", help="Why (shown to the client if the policy allows)."),
+                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Block an account: all its keys get 403 from the next request on, on every replica."""
+    _store(db).block(name, reason)
+    err.print(f"blocked account {name}")
+
+
+@accounts_app.command("unblock")
+def accounts_unblock(name: str = typer.Argument(..., help="Account name."),
+                     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Lift a block."""
+    _store(db).unblock(name)
+    err.print(f"unblocked account {name}")
+
+
+@accounts_app.command("degrade")
+def accounts_degrade(name: str = typer.Argument(..., help="Account name."),
+                     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Serve the account with antidistillation sampling (poisoned traces) instead of blocking it."""
+    _store(db).set_degraded(name, True)
+    err.print(f"degraded account {name}")
+
+
+@accounts_app.command("undegrade")
+def accounts_undegrade(name: str = typer.Argument(..., help="Account name."),
+                       db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Back to normal sampling."""
+    _store(db).set_degraded(name, False)
+    err.print(f"undegraded account {name}")
+
+
+@accounts_app.command("usage")
+def accounts_usage(name: str = typer.Argument(..., help="Account name."),
+                   since: Optional[datetime] = typer.Option(None, "--since", help="ISO time (UTC if no zone)."),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Requests, tokens and refusals of an account, from the audit log."""
+    usage = _store(db).usage(name, since=_utc(since))
+    if as_json:
+        print(json.dumps(usage))
+    else:
+        _print_rows([{"field": k, "value": v} for k, v in usage.items()], ["field", "value"], f"usage of {name}",
+                    False)
+
+
+# --- audit --------------------------------------------------------------------------------------------
+def audit(account: Optional[str] = typer.Option(None, "--account", help="Only this account."),
+          limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="Newest N records."),
+          since: Optional[datetime] = typer.Option(None, "--since", help="ISO time (UTC if no zone)."),
+          as_json: bool = typer.Option(False, "--json", help="Full records, one JSON object per line."),
+          purge: bool = typer.Option(False, "--purge", help="Apply prompt retention now and say how many."),
+          db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """The audit trail, newest first: who asked what, when, and what the guard decided."""
+    from stillwatch.guard.audit import AuditLog
+    from stillwatch.guard.settings import GuardSettings
+
+    log = AuditLog(_engine(db), GuardSettings())
+    if purge:
+        err.print(f"retention: blanked the texts of {log.purge()} records")
+    rows = log.query(account=account, since=_utc(since), limit=limit)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    for row in rows:  # prompts are hostile: one line, shortened, as Python literals (no terminal escapes)
+        row["time"] = row["time"][:19]
+        row["tokens"] = f"{row['prompt_tokens']}+{row['completion_tokens']}"
+        row["prompt"] = repr((row["prompt"] or "")[:40])
+    _print_rows(rows, ["id", "time", "account", "key_id", "endpoint", "status", "decision", "tokens", "prompt"],
+                "audit", False)
+
+
+def _utc(value: Optional[datetime]) -> Optional[datetime]:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the app."""
+    """Add `keys`, `accounts` and `audit` to the app."""
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(accounts_app, name="accounts")
+    app.command("audit")(audit)
