@@ -1,7 +1,163 @@
-"""CLI commands for this group (filled in by its issue)."""
+"""`stillwatch harvest` (collect teacher completions into a store) and `stillwatch harvest export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.console import Console
+
+HELP = (
+    "Collect teacher completions for distillation into a resumable harvest store (SQLite).\n\n"
+    "Give a teacher (--teacher DIR, or --endpoint URL --api-key KEY) and prompts (--task NAME --n N, or "
+    "--prompts FILE.jsonl|FILE.parquet with a 'prompt' or 'messages' column). Re-running the same command after "
+    "a crash or a kill resumes: complete prompts are skipped and nothing is stored twice.\n\n"
+    "`stillwatch harvest export STORE --out FILE.jsonl|FILE.parquet` writes the store for `datasets`."
+)
+
+
+def harvest(
+    ctx: typer.Context,
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher model directory (in-process)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Or an OpenAI-compatible base URL (…/v1)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY",
+                                          help="Key for --endpoint (env OPENAI_API_KEY)."),
+    served_model: str = typer.Option("stillwatch", "--served-model", help="Model name at --endpoint."),
+    api: str = typer.Option("chat", "--api", help="Endpoint API: chat or completions."),
+    tokenizer_dir: Optional[Path] = typer.Option(
+        None, "--tokenizer", help="Teacher tokenizer for --endpoint: token ids and chat templates."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Built-in task for prompts (repeatable)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Prompts per --task."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Or a JSONL/Parquet prompt file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Harvest store to create or resume (SQLite file)."),
+    logprobs: int = typer.Option(0, "--logprobs", min=0, max=20, help="Also keep the top-K logprobs per token."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1,
+                                    help="Requests in flight (endpoint) or prompts per batch (in-process)."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Completions per prompt."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling threshold."),
+    max_tokens: int = typer.Option(96, "--max-tokens", min=1, help="Most tokens per completion."),
+    seed: int = typer.Option(0, "--seed", help="Seed for task prompts and, per prompt, for sampling."),
+    watermark_key_file: Optional[Path] = typer.Option(
+        None, "--watermark-key-file",
+        help="Watermark the in-process teacher with this secret (else env STILLWATCH_WATERMARK_KEY)."),
+    retries: int = typer.Option(2, "--retries", min=0, help="Extra tries per prompt after the client's own."),
+    max_failures: int = typer.Option(10, "--max-failures", min=1,
+                                     help="Stop after this many prompts fail in a row."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    from stillwatch.errors import ConfigError, TeacherError
+    from stillwatch.harvest import HarvestStore, file_source, harvest as run_harvest, task_source, tokenizer_info
+    from stillwatch.teachers.completion import SamplingParams
+
+    if ctx.invoked_subcommand is not None:
+        return
+    if (teacher is None) == (endpoint is None):
+        raise ConfigError("give exactly one of --teacher DIR or --endpoint URL")
+    if endpoint is not None and not api_key:
+        raise ConfigError("--endpoint needs --api-key (or env OPENAI_API_KEY)")
+    if (task is None) == (prompts is None):
+        raise ConfigError("give exactly one of --task NAME --n N or --prompts FILE")
+    if task is not None and n is None:
+        raise ConfigError("--task needs --n N (prompts per task)")
+    if out is None:
+        raise ConfigError("--out STORE is required")
+    if api not in ("chat", "completions"):
+        raise ConfigError(f"--api must be chat or completions, not {api!r}")
+    if endpoint is not None and watermark_key_file is not None:
+        raise ConfigError("--watermark-key-file applies to an in-process --teacher; an endpoint watermarks itself")
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
+                            top_logprobs=logprobs)
+    if teacher is not None:
+        subject, info = _local_teacher(teacher, watermark_key_file)
+    else:
+        subject, info = _endpoint_teacher(endpoint, api_key, served_model, api, tokenizer_dir, concurrency)
+    tokenizer = getattr(subject, "tokenizer", None)
+    source = task_source(task, n, seed) if task is not None else file_source(prompts, tokenizer)
+    if tokenizer is not None:
+        info["tokenizer"] = tokenizer_info(tokenizer)
+    with HarvestStore(out, create=True) as store:
+        store.record_teacher(subject.name, info)
+        Console(stderr=True).print(f"harvest: {source.describe} from {subject.name} into {out}"
+                                   + (" (watermarked)" if "watermark" in info else ""))
+        result = run_harvest(subject, source, store, params, concurrency=concurrency, total=source.total,
+                             progress=progress, retries=retries, max_consecutive_failures=max_failures)
+    rate = result.completion_tokens / result.seconds if result.seconds else 0.0
+    Console().print(f"harvested {result.rows_added} new rows from {result.prompts_done} prompts in "
+                    f"{result.seconds:.1f} s ({rate:,.0f} tok/s); {result.prompts_skipped} prompts were already "
+                    f"complete; {out} holds {result.rows_total} rows")
+    if result.prompts_failed:
+        raise TeacherError(f"{result.prompts_failed} prompts failed after every retry; {result.rows_total} rows "
+                           f"are kept in {out}; re-run the same command to retry them")
+
+
+def _local_teacher(model_dir: Path, key_file: Optional[Path]):
+    """A LocalTeacher, watermarked when a key is configured (issue 4's contract)."""
+    from stillwatch.models import read_card
+    from stillwatch.teachers.local import LocalTeacher
+
+    info: dict = {"model_dir": str(model_dir.resolve())}
+    card = read_card(model_dir)
+    if card:
+        info["teacher_card"] = {k: card.get(k) for k in ("kind", "preset", "parameters") if k in card}
+    processors = []
+    key = _watermark_key(key_file)
+    subject = LocalTeacher.from_dir(model_dir)
+    if key is not None:
+        from stillwatch.forensics.watermark import WatermarkConfig, watermark_processor
+
+        config = WatermarkConfig(key=key)
+        processors.append(watermark_processor(config, int(subject.model.config.vocab_size)))
+        info["watermark"] = config.public_dict()
+    subject.logits_processors.extend(processors)
+    return subject, info
+
+
+def _watermark_key(key_file: Optional[Path]) -> str | None:
+    """The secret from --watermark-key-file or env STILLWATCH_WATERMARK_KEY; None when neither is set."""
+    import os
+
+    if key_file is None and not os.environ.get("STILLWATCH_WATERMARK_KEY", "").strip():
+        return None  # no key: do not import the forensics stack at all
+    from stillwatch.forensics.watermark import load_watermark_key
+
+    return load_watermark_key(key_file)
+
+
+def _endpoint_teacher(endpoint: str, api_key: str, served_model: str, api: str, tokenizer_dir: Optional[Path],
+                      concurrency: int):
+    from stillwatch.teachers.openai_teacher import OpenAITeacher
+
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from stillwatch.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_dir)
+    subject = OpenAITeacher(endpoint, api_key, model=served_model, tokenizer=tokenizer, api=api,
+                            concurrency=concurrency)
+    return subject, {"endpoint": endpoint, "served_model": served_model, "api": api}
+
+
+def export(
+    store: Path = typer.Argument(..., help="Harvest store to read."),
+    out: Path = typer.Option(..., "--out", help="FILE.jsonl or FILE.parquet to write."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="Rows in memory at a time."),
+) -> None:
+    """Write a harvest store as JSONL or Parquet that `datasets.load_dataset` reads (streamed in chunks)."""
+    from stillwatch.harvest import HarvestStore
+    from stillwatch.harvest import export as run_export
+
+    with HarvestStore(store) as source:
+        rows = run_export(source, out, batch_size=batch_size)
+    Console().print(f"wrote {rows} rows to {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the app."""
+    """Add `harvest` (a command with options that is also the group of `harvest export`)."""
+    group = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=True, add_completion=False,
+                        subcommand_metavar="[export STORE --out FILE]")
+    group.callback()(harvest)
+    group.command("export")(export)
+    app.add_typer(group, name="harvest")
