@@ -1,7 +1,90 @@
-"""CLI commands for this group (filled in by its issue)."""
+"""`stillwatch serve`: the OpenAI-compatible gateway in front of a local teacher or an upstream server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _secret(path: Optional[Path], what: str) -> Optional[str]:
+    if path is None:
+        return None
+    from stillwatch.errors import ConfigError
+
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return value
+
+
+def serve(
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Serve this model directory in process."),
+    upstream: Optional[str] = typer.Option(None, "--upstream",
+                                           help="Or proxy this OpenAI-compatible base URL (e.g. http://HOST:8001/v1)."),
+    db: Optional[str] = typer.Option(None, "--db", help="Database URL (default: STILLWATCH_DB, else "
+                                                        "sqlite:///stillwatch.db; postgresql://… for replicas)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", min=0, max=65535, help="Port (default 8000)."),
+    admin_key_file: Optional[Path] = typer.Option(None, "--admin-key-file",
+                                                  help="File holding the admin key (else env STILLWATCH_ADMIN_KEY)."),
+    watermark_key_file: Optional[Path] = typer.Option(
+        None, "--watermark-key-file", help="File holding the watermark secret (else env STILLWATCH_WATERMARK_KEY)."),
+    upstream_key_file: Optional[Path] = typer.Option(
+        None, "--upstream-key-file", help="File holding the upstream's API key (else STILLWATCH_UPSTREAM_API_KEY)."),
+    quotas: Optional[Path] = typer.Option(None, "--quotas", help="Quotas TOML file (default: built-in limits)."),
+    rate_limit_storage: Optional[str] = typer.Option(
+        None, "--rate-limit-storage", help="memory:// (one replica) or redis://HOST:PORT (shared by replicas)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model id clients use."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Most sequences per local model call."),
+    batch_wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", min=0.0,
+                                                  help="How long to gather a batch (local backend)."),
+    antidistill_all: bool = typer.Option(False, "--antidistill-all",
+                                         help="Antidistillation sampling for every account, not only degraded ones."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log each request line."),
+) -> None:
+    """Serve the OpenAI API with accounts, keys, quotas and a durable audit log."""
+    import uvicorn
+
+    from stillwatch.errors import ConfigError
+    from stillwatch.guard.app import create_app
+    from stillwatch.guard.settings import GuardSettings
+
+    if (teacher is None) == (upstream is None):
+        raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
+    if teacher is not None and not (teacher / "config.json").is_file():
+        raise ConfigError(f"{teacher} is not a model directory (no config.json)")
+    given = {"teacher": teacher, "upstream": upstream, "db_url": db, "host": host, "port": port,
+             "admin_key": _secret(admin_key_file, "admin key"),
+             "watermark_key": _secret(watermark_key_file, "watermark key"),
+             "upstream_api_key": _secret(upstream_key_file, "upstream key"), "quotas_file": quotas,
+             "rate_limit_storage": rate_limit_storage, "served_model_name": served_model_name,
+             "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "antidistill_all": antidistill_all or None}
+    try:
+        settings = GuardSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:  # pydantic's ValidationError, e.g. a malformed STILLWATCH_* variable
+        raise ConfigError(f"bad setting: {str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") \
+            from None
+    if settings.watermark_key is not None and settings.upstream is not None:
+        raise ConfigError("a watermark key applies to --teacher; an upstream watermarks (or not) itself")
+    if settings.host not in LOOPBACK:
+        print(f"stillwatch: warning: binding {settings.host}, reachable beyond this machine", file=sys.stderr)
+    app = create_app(settings)
+    what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {settings.upstream}"
+    print(f"stillwatch: serving {what} as '{settings.served_model_name}' on http://{settings.host}:{settings.port}/v1"
+          f" (admin API {'on' if settings.admin_key else 'off'})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
+                timeout_graceful_shutdown=10)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the app."""
+    """Add `stillwatch serve`."""
+    app.command("serve")(serve)

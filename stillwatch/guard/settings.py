@@ -20,6 +20,8 @@ class GuardSettings(BaseSettings):
     teacher: Path | None = None
     upstream: str | None = None
     upstream_api_key: SecretStr | None = None
+    upstream_timeout_s: float = 600.0
+    upstream_connections: int = 256
     served_model_name: str = "stillwatch"
 
     host: str = "127.0.0.1"

@@ -1,0 +1,70 @@
+"""The gateway app factory: `create_app(settings)` wires storage, quotas, the backend and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+import stillwatch
+from stillwatch.errors import ConfigError
+from stillwatch.guard.accounts import AccountStore
+from stillwatch.guard.admin import admin_router
+from stillwatch.guard.audit import AuditLog
+from stillwatch.guard.backends import Backend, make_backend
+from stillwatch.guard.db import make_engine, upgrade
+from stillwatch.guard.deps import Gateway, audit_error
+from stillwatch.guard.errors import install_handlers
+from stillwatch.guard.metrics import Metrics
+from stillwatch.guard.middleware import GuardMiddleware
+from stillwatch.guard.quotas import Quotas
+from stillwatch.guard.routes import ops, v1
+from stillwatch.guard.settings import GuardSettings
+
+
+def create_app(settings: GuardSettings | None = None, backend: Backend | None = None) -> FastAPI:
+    """A FastAPI app for `settings`; its lifespan migrates the database, loads the backend (a local model,
+    or a pooled client to `--upstream`) and starts the audit writer, and stops them in reverse order.
+
+    `backend` replaces the one the settings describe (tests, benchmarks)."""
+    settings = settings or GuardSettings()
+    if backend is None and (settings.teacher is None) == (settings.upstream is None):
+        raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
+    if settings.max_body_bytes < 1 or settings.max_n < 1 or settings.max_batch < 1:
+        raise ConfigError("max_body_bytes, max_n and max_batch must be positive")
+    engine = make_engine(settings.db_url)
+    store, audit = AccountStore(engine), AuditLog(engine, settings)
+    quotas = Quotas(settings.rate_limit_storage, settings.quotas_file)
+    metrics = Metrics()
+    gw = Gateway(settings=settings, store=store, audit=audit, quotas=quotas, metrics=metrics,
+                 inline_db=engine.dialect.name == "sqlite",
+                 inline_quotas=settings.rate_limit_storage.startswith("memory"))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(upgrade, engine)
+        chosen = backend if backend is not None else await asyncio.to_thread(make_backend, settings)
+        if hasattr(chosen, "batcher"):
+            chosen.batcher.on_batch = metrics.observe_batch
+        await chosen.start()
+        await audit.start()
+        gw.backend = chosen
+        try:
+            yield
+        finally:
+            gw.backend = None
+            await chosen.stop()
+            await audit.stop()  # writes everything queued before the process ends
+            engine.dispose()
+
+    app = FastAPI(title="stillwatch gateway", version=getattr(stillwatch, "__version__", "0"), lifespan=lifespan,
+                  description="An OpenAI-compatible gateway with accounts, keys, quotas and a durable audit log.")
+    app.state.gateway = gw
+    install_handlers(app, on_error=audit_error)
+    app.include_router(v1)
+    app.include_router(ops)
+    app.include_router(admin_router(store, audit, settings), prefix="/admin")
+    app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, metrics=metrics)
+    return app

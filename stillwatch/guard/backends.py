@@ -1,0 +1,410 @@
+"""What answers a request once the guard has let it through: a model in process, or an upstream server.
+
+Both backends return a `Result`: a response body, or an async iterator of stream chunks whose last chunk
+carries usage (the route drops it unless the client asked). Either way the route learns the texts and token
+counts it must audit and charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, AsyncIterator, Hashable, Iterable, Protocol
+
+import httpx
+
+from stillwatch.guard import render
+from stillwatch.guard.batching import Batcher
+from stillwatch.guard.errors import APIError, bad_request
+from stillwatch.guard.hooks import ForensicsHooks
+from stillwatch.guard.schemas import ChatCompletionRequest, CompletionRequest
+from stillwatch.guard.settings import GuardSettings
+from stillwatch.teachers import Completion, SamplingParams
+
+log = logging.getLogger("stillwatch.guard")
+
+
+@dataclass
+class Result:
+    """A backend's answer and what the guard needs to know about it."""
+
+    body: dict | None = None
+    chunks: AsyncIterator[dict] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    texts: list[str] = field(default_factory=list)
+    finished: bool = False  # for streams: the backend delivered its last chunk
+
+
+class Backend(Protocol):
+    """The interface the routes use."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def models(self) -> dict: ...
+    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result: ...
+    async def completions(self, req: CompletionRequest, degraded: bool) -> Result: ...
+
+
+async def _aiter(items: Iterable[dict], result: Result) -> AsyncIterator[dict]:
+    for item in items:
+        yield item
+    result.finished = True
+
+
+def model_not_found(name: str) -> APIError:
+    """404 for a model this gateway does not serve."""
+    return APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+
+
+class LocalBackend:
+    """A LocalTeacher in process, behind dynamic batching (`stillwatch.guard.batching`)."""
+
+    def __init__(self, teacher: Any, settings: GuardSettings, hooks: ForensicsHooks | None = None):
+        self.teacher, self.settings = teacher, settings
+        self.hooks = hooks or ForensicsHooks()
+        self.tok = teacher.tokenizer
+        self.context = int(teacher.context_length)
+        self.name = settings.served_model_name
+        self.batcher = Batcher(self._run, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
+        self._decode_one = lru_cache(maxsize=65536)(lambda tid: self.tok.decode([tid], skip_special_tokens=False))
+        self._degraded: tuple[Any, ...] | None = None
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
+                                            "owned_by": "stillwatch"}]}
+
+    # ---- helpers ----
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def _speller(self, as_ids: bool | None):
+        if as_ids:
+            return lambda tid: f"token_id:{tid}"
+        return self._decode_one
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _check_fits(self, prompt_tokens: int, max_tokens: int, param: str) -> None:
+        if prompt_tokens + max_tokens > self.context:
+            raise APIError(400, f"This model's maximum context length is {self.context} tokens. However, you "
+                                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+                                f"{max_tokens} for the completion).", param=param, code="context_length_exceeded")
+
+    async def _processors(self, degraded: bool) -> tuple[Any, ...]:
+        if not (degraded or self.settings.antidistill_all):
+            return tuple(self.hooks.always)
+        if self._degraded is None:  # built once, off the event loop (it may load a proxy student)
+            self._degraded = await asyncio.to_thread(lambda: self.hooks.processors(True))
+        return self._degraded
+
+    async def _generate(self, prompts: list[str], params: SamplingParams, degraded: bool) -> list[list[Completion]]:
+        processors = await self._processors(degraded)
+        # Requests batch only with the same parameters and processors (a degraded account's requests get
+        # their own group); a seeded request runs alone, so its result never depends on its batch-mates.
+        key: Hashable = ("gen", params, processors, object() if params.seed is not None else None)
+        return await self.batcher.submit(key, (prompts, processors), size=len(prompts) * params.n)
+
+    async def _score(self, ids: list[int], k: int) -> render.PromptScores:
+        return await self.batcher.submit(("score", k), ids, size=1)
+
+    def _run(self, key: Hashable, payloads: list[Any]) -> list[Any]:
+        """Runs in the batcher's worker thread: one model call per group."""
+        if key[0] == "score":
+            return self._score_batch(payloads, key[1])
+        _, params, _, _ = key
+        processors = payloads[0][1]
+        prompts = [p for prompts, _ in payloads for p in prompts]
+        out = self.teacher.generate(prompts, params, extra_processors=processors)
+        results, i = [], 0
+        for prompts_, _ in payloads:
+            results.append(out[i:i + len(prompts_)])
+            i += len(prompts_)
+        return results
+
+    def _score_batch(self, rows: list[list[int]], k: int) -> list[render.PromptScores]:
+        """Teacher-forced logprobs of each row's own tokens, rows right-padded into one forward pass."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        with torch.inference_mode():
+            logits = self.teacher.model(input_ids=ids, attention_mask=mask).logits
+            lp = logits[:, :-1].float().log_softmax(dim=-1)
+            target = lp.gather(2, ids[:, 1:, None]).squeeze(2)
+            top_v, top_i = lp.topk(k, dim=-1) if k else (None, None)
+        out = []
+        for row, r in enumerate(rows):
+            n = len(r) - 1
+            values = [None] + target[row, :n].tolist()
+            tops: list = [None]
+            if k:
+                tops += [list(zip(i, v)) for i, v in zip(top_i[row, :n].tolist(), top_v[row, :n].tolist())]
+            else:
+                tops += [[] for _ in range(n)]
+            out.append(render.PromptScores(list(r), values, tops))
+        return out
+
+    def _max_tokens(self, requested: int | None, prompt_tokens: int, default: int | None) -> int:
+        if requested is not None:
+            return requested
+        room = max(1, self.context - prompt_tokens)
+        return min(default or self.settings.max_tokens_limit, self.settings.max_tokens_limit, room)
+
+    # ---- endpoints ----
+    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
+        if req.model != self.name:
+            raise model_not_found(req.model)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        if getattr(self.tok, "chat_template", None):
+            prompt = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # a foreign model without a template: plain concatenation
+            prompt = "\n".join(m["content"] for m in messages) + "\n"
+        n_prompt = len(self._encode(prompt))
+        if n_prompt == 0:
+            raise bad_request("The messages render to an empty prompt.", param="messages")
+        max_tokens = self._max_tokens(req.max_completion_tokens or req.max_tokens, n_prompt, None)
+        self._check_fits(n_prompt, max_tokens, "messages")
+        top = req.top_logprobs or 0 if req.logprobs else 0
+        params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+                                top_p=1.0 if req.top_p is None else req.top_p, n=req.n or 1, seed=req.seed,
+                                stop=req.stops(), top_logprobs=top)
+        completions = (await self._generate([prompt], params, degraded))[0]
+        spell = self._speller(req.return_tokens_as_token_ids)
+        rid = render.new_id("chatcmpl")
+        result = Result(prompt_tokens=n_prompt, completion_tokens=sum(c.completion_tokens for c in completions),
+                        texts=[c.text for c in completions])
+        if req.stream:
+            result.chunks = _aiter(render.chat_chunks(rid, self.name, completions, self._decode, spell,
+                                                      bool(req.logprobs), top > 0), result)
+        else:
+            result.body = render.chat_body(rid, self.name, completions, spell, bool(req.logprobs), top > 0)
+            result.finished = True
+        return result
+
+    def _prompts(self, prompt: Any) -> list[tuple[str, list[int]]]:
+        if isinstance(prompt, str):
+            items: list[Any] = [prompt]
+        elif prompt and all(isinstance(x, int) for x in prompt):
+            items = [list(prompt)]
+        else:
+            items = list(prompt)
+        out = []
+        vocab = len(self.tok)
+        for i, item in enumerate(items):
+            param = "prompt" if len(items) == 1 else f"prompt[{i}]"
+            if isinstance(item, str):
+                ids = self._encode(item)
+                text = item
+            else:
+                if any(t >= vocab for t in item):
+                    raise bad_request(f"Token ids must be below the vocabulary size {vocab}.", param=param)
+                ids, text = list(item), self._decode(list(item))
+            if not ids:
+                raise bad_request("The prompt is empty.", param=param)
+            out.append((text, ids))
+        return out
+
+    async def completions(self, req: CompletionRequest, degraded: bool) -> Result:
+        if req.model != self.name:
+            raise model_not_found(req.model)
+        prompts = self._prompts(req.prompt)
+        n = req.n or 1
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        for text, ids in prompts:
+            self._check_fits(len(ids), max_tokens, "prompt")
+        k = req.logprobs
+        echo = bool(req.echo)
+        scores: list[render.PromptScores | None] = [None] * len(prompts)
+        if echo and k is not None:
+            scores = list(await asyncio.gather(*(self._score(ids, k) for _, ids in prompts)))
+        generated: list[list[Completion | None]] = [[None] * n for _ in prompts]
+        if max_tokens > 0:
+            params = SamplingParams(max_tokens=max_tokens,
+                                    temperature=1.0 if req.temperature is None else req.temperature,
+                                    top_p=1.0 if req.top_p is None else req.top_p, n=n, seed=req.seed,
+                                    stop=req.stops(), top_logprobs=k or 0)
+            generated = await self._generate([text for text, _ in prompts], params, degraded)
+        spell = self._speller(req.return_tokens_as_token_ids)
+        choices = [render.text_choice(text if echo else None, scores[i], c, self._decode, spell, k)
+                   for i, (text, _) in enumerate(prompts) for c in generated[i]]
+        prompt_tokens = sum(len(ids) for _, ids in prompts)
+        completion_tokens = sum(c.completion_tokens for row in generated for c in row if c is not None)
+        rid = render.new_id("cmpl")
+        result = Result(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                        texts=[c.text for row in generated for c in row if c is not None])
+        if req.stream:
+            result.chunks = _aiter(render.text_chunks(rid, self.name, choices, prompt_tokens, completion_tokens),
+                                   result)
+        else:
+            result.body = render.text_body(rid, self.name, choices, prompt_tokens, completion_tokens)
+            result.finished = True
+        return result
+
+
+class ProxyBackend:
+    """Forwards to an OpenAI-compatible upstream (vLLM, TGI, OpenAI) over one pooled HTTP/1.1 client."""
+
+    def __init__(self, settings: GuardSettings, transport: httpx.AsyncBaseTransport | None = None):
+        if not settings.upstream:
+            raise ValueError("ProxyBackend needs settings.upstream")
+        self.base = settings.upstream.rstrip("/")
+        self.settings = settings
+        headers = {}
+        if settings.upstream_api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        self._client_args = dict(base_url=self.base, headers=headers, transport=transport,
+                                 timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
+                                 limits=httpx.Limits(max_connections=settings.upstream_connections,
+                                                     max_keepalive_connections=settings.upstream_connections))
+        self.client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(**self._client_args)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    def _upstream_error(self, status: int, raw: bytes) -> APIError:
+        try:
+            err = json.loads(raw)["error"]
+            message, type_, param, code = (str(err.get("message", "")), str(err.get("type") or "upstream_error"),
+                                           err.get("param"), err.get("code"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message, type_, param, code = raw[:200].decode("utf-8", "replace"), "upstream_error", None, None
+        if status in (401, 403) or status >= 500:
+            # Our credentials upstream, or the upstream's own failure: not the client's fault.
+            return APIError(502, f"Upstream error {status}: {message}", type="upstream_error", code="bad_gateway")
+        headers = {}
+        return APIError(status, message, type=type_, param=param if isinstance(param, str) else None,
+                        code=str(code) if code is not None else None, headers=headers)
+
+    async def _post(self, path: str, body: dict) -> dict:
+        assert self.client is not None
+        try:
+            resp = await self.client.post(path, content=json.dumps(body).encode(),
+                                          headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
+                           code="bad_gateway") from None
+        if resp.status_code != 200:
+            raise self._upstream_error(resp.status_code, resp.content)
+        try:
+            return resp.json()
+        except ValueError:
+            raise APIError(502, "The upstream sent invalid JSON.", type="upstream_error", code="bad_gateway") from None
+
+    async def _stream(self, path: str, body: dict, result: Result) -> AsyncIterator[dict]:
+        assert self.client is not None
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        request = self.client.build_request("POST", path, content=json.dumps(body).encode(),
+                                            headers={"Content-Type": "application/json"})
+        try:
+            resp = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
+                           code="bad_gateway") from None
+        if resp.status_code != 200:
+            raw = await resp.aread()
+            await resp.aclose()
+            raise self._upstream_error(resp.status_code, raw)
+
+        async def chunks() -> AsyncIterator[dict]:
+            texts: dict[int, list[str]] = {}
+            try:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        result.finished = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        continue
+                    for choice in chunk.get("choices") or ():
+                        piece = choice.get("text")
+                        if piece is None:
+                            piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            texts.setdefault(int(choice.get("index", 0)), []).append(piece)
+                    if chunk.get("usage"):
+                        result.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
+                        result.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
+                    result.texts = ["".join(v) for _, v in sorted(texts.items())]
+                    yield chunk
+            except httpx.HTTPError:
+                log.warning("upstream stream broke off")
+            finally:
+                await resp.aclose()
+
+        return chunks()
+
+    @staticmethod
+    def _absorb(result: Result, body: dict) -> Result:
+        usage = body.get("usage") or {}
+        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        result.completion_tokens = int(usage.get("completion_tokens") or 0)
+        texts = []
+        for choice in body.get("choices") or ():
+            if "message" in choice:
+                texts.append((choice.get("message") or {}).get("content") or "")
+            else:
+                texts.append(choice.get("text") or "")
+        result.texts, result.body, result.finished = texts, body, True
+        return result
+
+    async def models(self) -> dict:
+        assert self.client is not None
+        try:
+            resp = await self.client.get("/models")
+        except httpx.HTTPError as exc:
+            raise APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
+                           code="bad_gateway") from None
+        if resp.status_code != 200:
+            raise self._upstream_error(resp.status_code, resp.content)
+        return resp.json()
+
+    async def _forward(self, path: str, req: Any) -> Result:
+        body = req.model_dump(exclude_none=True)
+        body.pop("stream_options", None)
+        result = Result()
+        if req.stream:
+            result.chunks = await self._stream(path, body, result)
+            return result
+        return self._absorb(result, await self._post(path, body))
+
+    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
+        return await self._forward("/chat/completions", req)
+
+    async def completions(self, req: CompletionRequest, degraded: bool) -> Result:
+        return await self._forward("/completions", req)
+
+
+def make_backend(settings: GuardSettings) -> Backend:
+    """The backend the settings ask for (a local model is loaded here, which takes a moment)."""
+    from stillwatch.errors import ConfigError
+
+    if (settings.teacher is None) == (settings.upstream is None):
+        raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
+    if settings.upstream is not None:
+        return ProxyBackend(settings)
+    from stillwatch.guard.hooks import load_hooks
+    from stillwatch.teachers.local import LocalTeacher
+
+    teacher = LocalTeacher.from_dir(settings.teacher, max_batch=settings.max_batch)
+    return LocalBackend(teacher, settings, load_hooks(settings, teacher))

@@ -1,0 +1,115 @@
+"""The gateway's parts in one object, and the dependency every /v1 route runs first: key, block, quota."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from stillwatch.guard.accounts import AccountStore, InvalidKey, Principal
+from stillwatch.guard.audit import AuditEntry, AuditLog
+from stillwatch.guard.errors import APIError, account_blocked, invalid_key, over_quota
+from stillwatch.guard.metrics import Metrics
+from stillwatch.guard.quotas import QuotaExceeded, Quotas
+from stillwatch.guard.settings import GuardSettings
+
+T = TypeVar("T")
+
+bearer = HTTPBearer(auto_error=False, description="An API key made with `stillwatch keys create`.")
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs; built by `create_app`, kept on `app.state.gateway`."""
+
+    settings: GuardSettings
+    store: AccountStore
+    audit: AuditLog
+    quotas: Quotas
+    metrics: Metrics
+    backend: Any = None
+    inline_db: bool = True  # SQLite reads take microseconds: a thread hop would cost more than it saves
+    inline_quotas: bool = True  # memory:// likewise; Redis and PostgreSQL go to a worker thread
+    _pending: set = field(default_factory=set)
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a short database call."""
+        return fn(*args) if self.inline_db else await asyncio.to_thread(fn, *args)
+
+    async def quota(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a quota call."""
+        return fn(*args) if self.inline_quotas else await asyncio.to_thread(fn, *args)
+
+    def detach(self, coro: Any) -> None:
+        """Finish `coro` even though the request that started it was cancelled."""
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+@dataclass
+class Call:
+    """One request as the audit log sees it."""
+
+    endpoint: str
+    start: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    principal: Principal | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    prompt: Any = None
+
+    def entry(self, status: int, decision: str, error_code: str | None = None, completion: Any = None,
+              prompt_tokens: int = 0, completion_tokens: int = 0) -> AuditEntry:
+        """The audit entry for this call's outcome."""
+        p = self.principal
+        return AuditEntry(account_id=p.account_id if p else None, key_id=p.key_id if p else None,
+                          endpoint=self.endpoint, params=self.params, prompt=self.prompt, completion=completion,
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          latency_ms=(time.perf_counter() - self.start) * 1000.0, status=status, decision=decision,
+                          error_code=error_code, request_id=self.request_id)
+
+
+def gateway(request: Request) -> Gateway:
+    """The app's Gateway."""
+    return request.app.state.gateway
+
+
+async def authorize(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+    """401 for a bad key, 403 for a blocked account, 429 over quota; else the caller's Principal."""
+    gw = gateway(request)
+    call = Call(endpoint=request.url.path, start=getattr(request.state, "t0", time.perf_counter()))
+    request.state.call = call
+    if creds is None:
+        gw.metrics.decisions.labels("deny").inc()
+        raise invalid_key("You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
+    try:
+        principal = await gw.db(gw.store.authenticate, creds.credentials)
+    except InvalidKey:
+        gw.metrics.decisions.labels("deny").inc()
+        raise invalid_key() from None
+    call.principal = principal
+    if principal.blocked:
+        raise account_blocked(principal.block_reason if gw.settings.show_block_reason else None)
+    try:
+        await gw.quota(gw.quotas.check_request, principal)
+    except QuotaExceeded as exc:
+        raise over_quota(exc.retry_after, exc.should_retry, str(exc)) from None
+    return principal
+
+
+async def audit_error(request: Request, err: APIError) -> None:
+    """Exception-handler hook: an authenticated request that ends in an error is audited too."""
+    call: Call | None = getattr(request.state, "call", None)
+    gw: Gateway | None = getattr(request.app.state, "gateway", None)
+    if gw is None or call is None or call.principal is None:
+        return
+    gw.metrics.decisions.labels(err.decision).inc()
+    try:
+        await gw.audit.record(call.entry(err.status, err.decision, error_code=err.code))
+    except Exception:  # noqa: BLE001 - the error response goes out regardless
+        pass

@@ -1,0 +1,99 @@
+"""One pure-ASGI middleware: cap the request body (413) and time every response to its last byte."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stillwatch.guard.errors import error_bytes, too_large
+from stillwatch.guard.metrics import Metrics
+
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+
+
+def route_label(path: str) -> str:
+    """A bounded label set: fuzzed paths must not grow the metrics without limit."""
+    if path in ROUTES:
+        return path
+    return "/admin" if path.startswith("/admin") else "other"
+
+
+class GuardMiddleware:
+    """Reads a POST body up to `max_body` bytes before the app sees it (chunked bodies included), answering
+    413 past the cap; records status and latency per route."""
+
+    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics):
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        scope.setdefault("state", {})["t0"] = start
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read(scope, receive)
+                if body is None:
+                    await self._reject(send_and_note)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.in_flight.dec()
+            label = route_label(scope["path"])
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_body:
+                        return None
+                except ValueError:
+                    pass
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _reject(self, send: Send) -> None:
+        err = too_large(self.max_body)
+        payload = error_bytes(err)
+        await send({"type": "http.response.start", "status": err.status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls wait for the disconnect, as streaming responses expect
+
+    return replay
