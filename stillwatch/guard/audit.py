@@ -122,6 +122,8 @@ class AuditLog:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stillwatch-audit")
         self._writer = asyncio.create_task(self._write_loop(), name="stillwatch-audit-writer")
         if self.prompt_retention_days > 0 or self.completion_retention_days > 0:
+            # Once now (a gateway that restarts daily still purges), then hourly.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._safe_purge)
             self._purger = asyncio.create_task(self._purge_loop(), name="stillwatch-audit-purge")
 
     async def stop(self) -> None:
@@ -213,14 +215,17 @@ class AuditLog:
                     .values(completion=None, purged_at=now)).rowcount
         return changed
 
+    def _safe_purge(self) -> None:
+        try:
+            self.purge()
+        except Exception as exc:  # noqa: BLE001 - retention must never take the gateway down
+            log.error("audit purge failed: %s", type(exc).__name__)
+
     async def _purge_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                await loop.run_in_executor(self._executor, self.purge)
-            except Exception as exc:  # noqa: BLE001 - retention must never take the gateway down
-                log.error("audit purge failed: %s", type(exc).__name__)
             await asyncio.sleep(PURGE_EVERY_S)
+            await loop.run_in_executor(self._executor, self._safe_purge)
 
     # --- reading --------------------------------------------------------------------------------------
     def query(self, account: str | None = None, since: datetime | None = None, limit: int = 100,
