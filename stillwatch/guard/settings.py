@@ -49,4 +49,11 @@ class GuardSettings(BaseSettings):
 
     # Forensics hooks (issue 4): watermark every local completion when a key is set.
     watermark_key: SecretStr | None = None
+    watermark_gamma: float = 0.25
+    watermark_delta: float = 2.0
+    watermark_context_width: int = 1
     antidistill_all: bool = False
+    # Antidistillation sampling needs a small proxy student with the teacher's tokenizer.
+    antidistill_proxy: Path | None = None
+    antidistill_lambda: float = 2.0
+    antidistill_epsilon: float = 1e-2
