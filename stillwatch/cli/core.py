@@ -126,3 +126,14 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_)
     app.command("tasks")(tasks_)
     app.command("presets")(presets)
+    app.command("demo")(demo)
+
+
+def demo(
+    workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Where the demo keeps its models."),
+    preset: str = typer.Option("tiny", "--preset", help="Teacher preset for the demo."),
+) -> None:
+    """Play the whole scenario on the embedded defaults (no GPU, no internet, loopback only)."""
+    from stillwatch.demo import run_demo
+
+    run_demo(workdir, preset=preset)
