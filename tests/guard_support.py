@@ -77,11 +77,20 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> Server:
         """Start and wait until /health answers."""
-        log = open(self.log_path, "ab")
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Server:
+        """Start the process without waiting for it."""
         cmd = [sys.executable, "-m", "stillwatch", "serve", *self.args, "--host", "127.0.0.1",
                "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Server:
+        """Wait until /health answers (raises with the server's log if it dies or hangs)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -113,3 +122,85 @@ class Server:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# --- an instant OpenAI-compatible upstream ------------------------------------------------------------------
+def mock_reply(prompt: str) -> str:
+    """What the mock upstream answers to `prompt` (deterministic, so a test can check what was served)."""
+    return "-> " + prompt.strip()[::-1]
+
+
+def mock_upstream_app():  # -> starlette.applications.Starlette
+    """A tiny OpenAI-compatible server: /v1/models, /v1/completions and /v1/chat/completions (stream too)."""
+    import json
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    def usage(prompt: str, text: str) -> dict:
+        return {"prompt_tokens": len(prompt), "completion_tokens": len(text),
+                "total_tokens": len(prompt) + len(text)}
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "mock", "object": "model", "created": 0,
+                                                         "owned_by": "test"}]})
+
+    async def complete(request: Request):  # type: ignore[no-untyped-def]
+        body = await request.json()
+        chat = request.url.path.endswith("/chat/completions")
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        text = mock_reply(prompt)
+        base = {"id": "mock-1", "created": 0, "model": body.get("model", "mock")}
+        if not body.get("stream"):
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                      if chat else {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None})
+            return JSONResponse({**base, "object": "chat.completion" if chat else "text_completion",
+                                 "choices": [choice], "usage": usage(prompt, text)})
+
+        def chunk(piece: str | None, finish: str | None) -> bytes:
+            choice = ({"index": 0, "delta": {"content": piece} if piece is not None else {},
+                       "finish_reason": finish} if chat else {"index": 0, "text": piece or "",
+                                                              "finish_reason": finish})
+            obj = {**base, "object": "chat.completion.chunk" if chat else "text_completion", "choices": [choice]}
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        async def events():  # type: ignore[no-untyped-def]
+            for i in range(0, len(text), 4):
+                yield chunk(text[i:i + 4], None)
+            yield chunk(None, "stop")
+            tail = {**base, "object": "chat.completion.chunk" if chat else "text_completion", "choices": [],
+                    "usage": usage(prompt, text)}
+            yield b"data: " + json.dumps(tail).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/models", models), Route("/v1/completions", complete, methods=["POST"]),
+                             Route("/v1/chat/completions", complete, methods=["POST"])])
+
+
+@contextmanager
+def mock_upstream() -> Iterator[str]:
+    """Run the mock upstream in a thread of this process; yields its base URL (".../v1")."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(mock_upstream_app(), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the mock upstream did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

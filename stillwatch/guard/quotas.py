@@ -3,7 +3,8 @@
 The counters live in `memory://` for one replica or `redis://HOST:PORT` for several (they then count every
 replica's traffic together). The strategy is `limits`' sliding-window counter: like GCRA it has no burst at
 window edges, and it keeps two integers per limit whatever the cost of a hit (a moving window would store
-one entry per token).
+one entry per token). Deployments that share one Redis add `?prefix=NAME` to its URI to keep their
+counters apart.
 
 The quotas file is TOML. Every value uses `limits`' notation ("600/minute", "100/second;5000/hour") or
 "unlimited":
@@ -27,6 +28,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
@@ -98,11 +100,24 @@ def load_quotas(path: Path | str | None) -> tuple[QuotaPolicy, dict[str, QuotaPo
     return default, overrides
 
 
+def split_namespace(storage_uri: str) -> tuple[str, str]:
+    """("redis://h:6379/0?prefix=prod-eu", ...) -> ("redis://h:6379/0", "prod-eu"): deployments that share one
+    Redis keep their counters apart with `?prefix=NAME` (default "sw")."""
+    base, _, query = storage_uri.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    prefix = [v for k, v in pairs if k == "prefix"]
+    if not prefix:
+        return storage_uri, "sw"
+    rest = urlencode([(k, v) for k, v in pairs if k != "prefix"])
+    return base + (f"?{rest}" if rest else ""), prefix[-1] or "sw"
+
+
 class Quotas:
     """Checks and charges quotas for a Principal (anything with account_id, account_name and key_id)."""
 
     def __init__(self, storage_uri: str = "memory://", quotas_file: Path | str | None = None) -> None:
         self.default, self.overrides = load_quotas(quotas_file)
+        storage_uri, self.namespace = split_namespace(storage_uri)
         try:
             self.storage = storage_from_string(storage_uri)
             reachable = self.storage.check()
@@ -118,8 +133,8 @@ class Quotas:
 
     def _scopes(self, principal: Any, kind: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
         policy = self.policy(principal.account_name)
-        account = ("sw", "account", str(principal.account_id), kind)
-        key = ("sw", "key", str(principal.key_id), kind)
+        account = (self.namespace, "account", str(principal.account_id), kind)
+        key = (self.namespace, "key", str(principal.key_id), kind)
         return ([(item, account) for item in getattr(policy, kind)]
                 + [(item, key) for item in getattr(policy, f"key_{kind}")])
 
