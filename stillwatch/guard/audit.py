@@ -173,8 +173,11 @@ class AuditLog:
                         items.append(item)
             if not items:
                 continue
-            errors = await loop.run_in_executor(self._executor, self._write, [row for row, _ in items])
-            for (_, future), error in zip(items, errors):
+            try:
+                errors = await loop.run_in_executor(self._executor, self._write, [row for row, _ in items])
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failure
+                errors = [exc] * len(items)
+            for (_, future), error in zip(items, errors, strict=True):
                 if future.done():
                     continue
                 if error is None:

@@ -39,7 +39,7 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except ArgumentError:
         raise ConfigError(f"not a database URL: {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed.database or "")

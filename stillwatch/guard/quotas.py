@@ -70,7 +70,8 @@ def _parse(value: Any, where: str) -> tuple[RateLimitItem, ...]:
     try:
         return tuple(parse_many(value))
     except ValueError:
-        raise ConfigError(f"{where}: cannot parse {value!r} (use e.g. \"600/minute\" or \"10/second;1000/day\")") from None
+        raise ConfigError(f"{where}: cannot parse {value!r} "
+                          "(use e.g. \"600/minute\" or \"10/second;1000/day\")") from None
 
 
 def _policy(table: dict[str, Any], base: QuotaPolicy, where: str) -> QuotaPolicy:
@@ -144,8 +145,8 @@ class Quotas:
                                  message=f"{what} quota is {item} per {ids[1]}; this request needs {cost}")
         reset_at, _ = self.limiter.get_window_stats(item, *ids)
         retry_after = max(1.0, reset_at - time.time())
-        return QuotaExceeded(retry_after, should_retry=True,
-                             message=f"{what} quota of {item} per {ids[1]} exceeded; retry after {math.ceil(retry_after)} s")
+        return QuotaExceeded(retry_after, should_retry=True, message=f"{what} quota of {item} per {ids[1]} "
+                                                                    f"exceeded; retry after {math.ceil(retry_after)} s")
 
     def check_request(self, principal: Any) -> None:
         """Count one request against the request quotas; QuotaExceeded if over one, or out of tokens."""
