@@ -1,0 +1,273 @@
+"""`distill(...)`: train a student from a harvest store (and optionally a live teacher) on the shared loop.
+
+Losses: `sft` (sequence-level KD on the teacher's text), `kd` (sparse top-k logit KD from the harvest, or
+white-box KD on full logits of an in-process teacher), `on-policy` (GKD: student samples scored by the
+teacher, mixed with harvested data by lambda). The output is a normal HF model directory with a card.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
+
+from stillwatch.data import IGNORE
+from stillwatch.distill.data import BatchMaker, RowSource, check_tokenizers, shift, tokenizer_fingerprint
+from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss, sparse_kd_loss,
+                                       token_reverse_kl_loss)
+from stillwatch.distill.onpolicy import EndpointScorer, LocalScorer, is_on_policy_step, on_policy_batch
+from stillwatch.errors import ConfigError, ModelDirError, TokenizerMismatchError
+from stillwatch.models import build_model, count_parameters, load_model, save_model
+from stillwatch.train import Batch, TrainConfig, train, unwrap
+
+RUN_DIR = "_run"
+COUNTERS = "distill_counters.json"
+LOSSES = ("sft", "kd", "on-policy")
+Loss = Literal["sft", "kd", "on-policy"]
+
+
+@dataclass
+class DistillConfig:
+    """What to optimise and how (the TRL-style config of `distill`)."""
+
+    loss: Loss = "sft"
+    divergence: Divergence | None = None  # None: forward KL for kd, reverse KL for on-policy
+    beta: float = 0.5  # generalized JSD interpolation when divergence == "jsd"
+    temperature: float = 1.0
+    lmbda: float = 0.5  # GKD: fraction of on-policy steps
+    ce_weight: float = 0.0  # extra cross-entropy on the sampled token, mixed into kd
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 50
+    seed: int = 0
+    max_length: int = 256
+    max_new_tokens: int = 96  # student samples, on-policy
+    sample_temperature: float = 1.0
+    teacher_top_k: int = 0  # in-process teacher: 0 = full logits; K = only its top K (what an API returns)
+    endpoint_top_k: int = 5  # top-k alternatives asked of an endpoint when it scores (0: sampled token only)
+    checkpoint_every: int = 200
+    log_every: int = 20
+    buffer_rows: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.divergence is None:
+            self.divergence = "reverse" if self.loss == "on-policy" else "forward"
+        try:
+            divergence_beta(self.divergence, self.beta)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.temperature <= 0 or not 0.0 <= self.lmbda <= 1.0 or self.ce_weight < 0 or self.batch_size < 1:
+            raise ConfigError(f"impossible settings: temperature={self.temperature} lmbda={self.lmbda} "
+                              f"ce_weight={self.ce_weight} batch_size={self.batch_size}")
+
+    @property
+    def jsd_beta(self) -> float:
+        """The generalized-JSD beta of the chosen divergence."""
+        return divergence_beta(self.divergence, self.beta)  # type: ignore[arg-type]
+
+
+def _ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if not bool(mask.any()):
+        return logits.sum() * 0.0  # keeps every parameter in the graph (DDP needs that)
+    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+
+
+def distill_loss(model: torch.nn.Module, batch: Batch, beta: float, temperature: float,
+                 ce_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's (loss sum, completion tokens): teacher terms where the batch has them, CE elsewhere.
+
+    Whichever teacher view the batch carries decides the term: full `teacher_logits` (white-box), harvested
+    or scored `topk_*` (sparse, with the tail bucket), `teacher_token_logprobs` (on-policy, sampled token
+    only), or none (sft). Positions without a teacher distribution, such as the end token of a harvested
+    completion, fall back to cross-entropy on the teacher's sampled token; `ce_weight` adds that CE everywhere.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    tgt = shift(batch)
+    labels = tgt["labels"]
+    mask = labels != IGNORE
+    if "teacher_logits" in batch:
+        soft, _ = full_kd_loss(logits, batch["teacher_logits"][:, :-1], mask, beta, temperature)
+        covered = mask
+    elif "has_topk" in batch:
+        covered = mask & tgt["has_topk"]
+        soft, _ = sparse_kd_loss(logits, tgt["topk_ids"], tgt["topk_logprobs"], tgt["topk_valid"], covered, beta,
+                                 temperature)
+    elif "teacher_token_logprobs" in batch:
+        covered = mask & batch["has_teacher_lp"][:, 1:]
+        soft, _ = token_reverse_kl_loss(logits, labels, batch["teacher_token_logprobs"][:, 1:], covered)
+    else:
+        return _ce(logits, labels, mask), mask.sum()
+    loss = soft + _ce(logits, labels, mask & ~covered)
+    if ce_weight:
+        loss = loss + ce_weight * _ce(logits, labels, covered)
+    return loss, mask.sum()
+
+
+def _all_reduce_int(value: int, device: torch.device) -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([value], dtype=torch.long, device=device)
+        torch.distributed.all_reduce(t)
+        return int(t.item())
+    return value
+
+
+def _student_tokenizer(init: Path | None, teacher: Path | None, tokenizer_dir: Path | None) -> PreTrainedTokenizerBase:
+    from stillwatch.tokenizer import load_tokenizer, train_tokenizer
+
+    for path in (tokenizer_dir, init, teacher):
+        if path is not None:
+            if not (Path(path) / "tokenizer.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+                raise ModelDirError(f"{path} has no tokenizer")
+            return load_tokenizer(path)
+    return train_tokenizer()  # the built-in world's tokenizer (deterministic)
+
+
+def _store_fingerprint(meta: dict) -> str | None:
+    """The harvest's teacher tokenizer fingerprint (`meta["tokenizer"]["fingerprint"]`, see harvest.store)."""
+    info = meta.get("tokenizer")
+    if isinstance(info, dict) and isinstance(info.get("fingerprint"), str):
+        return info["fingerprint"]
+    return None
+
+
+def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillConfig | None = None, *,
+            preset: str = "student", init: str | Path | None = None, teacher: str | Path | None = None,
+            endpoint: str | None = None, api_key: str | None = None, served_model: str = "stillwatch",
+            tokenizer_dir: str | Path | None = None, progress: bool = True, command: str | None = None,
+            accelerator: Accelerator | None = None) -> dict:
+    """Distil a student from `data` (a harvest store path, or rows with `.prompt` and `.completion`) into `out`.
+
+    Returns the model card written next to the weights.
+    """
+    cfg = config or DistillConfig()
+    out = Path(out)
+    init, teacher = (Path(init) if init else None), (Path(teacher) if teacher else None)
+    if teacher is not None and endpoint is not None:
+        raise ConfigError("give at most one of --teacher DIR or --endpoint URL")
+    if cfg.loss == "on-policy" and teacher is None and endpoint is None:
+        raise ConfigError("on-policy distillation needs a teacher to score the student's samples: "
+                          "--teacher DIR or --endpoint URL --api-key KEY")
+    if out.exists() and any(out.iterdir()) and not (out / RUN_DIR).is_dir():
+        raise ModelDirError(f"{out} exists and is not an unfinished distillation run; choose a new directory")
+
+    tokenizer = _student_tokenizer(init, teacher, Path(tokenizer_dir) if tokenizer_dir else None)
+    source = RowSource(data, tokenizer, seed=cfg.seed, buffer_rows=cfg.buffer_rows, with_top=cfg.loss != "sft")
+    meta = source.meta()
+    harvested = _store_fingerprint(meta)
+    retokenize = False
+    try:
+        check_tokenizers(tokenizer, harvested, "harvest's teacher")
+    except TokenizerMismatchError:
+        if cfg.loss != "sft":
+            raise
+        retokenize = True  # sequence-level KD only needs the teacher's text: re-encode it for the student
+        source = RowSource(data, tokenizer, seed=cfg.seed, retokenize=True, buffer_rows=cfg.buffer_rows)
+
+    teacher_model = None
+    if teacher is not None and cfg.loss != "sft":
+        teacher_model, teacher_tok = load_model(teacher)
+        check_tokenizers(tokenizer, teacher_tok, f"teacher at {teacher}")
+    has_topk = source.row_at(0).topk_ids is not None
+    if cfg.loss == "kd" and teacher_model is None and not has_topk:
+        raise ConfigError("kd needs the teacher's top-k logprobs: harvest with --logprobs K, or give --teacher DIR "
+                          "for white-box KD on full logits")
+
+    if init is not None:
+        student, _ = load_model(init)
+    else:
+        student = build_model(preset, tokenizer, seed=cfg.seed)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    scorer = None
+    if teacher_model is not None:
+        scorer = LocalScorer(teacher_model.to(device), top_k=cfg.teacher_top_k)
+    elif endpoint is not None and cfg.loss == "on-policy":
+        from stillwatch.teachers.openai_teacher import OpenAITeacher
+
+        scorer = EndpointScorer(OpenAITeacher(endpoint, api_key or "none", model=served_model, tokenizer=tokenizer,
+                                              api="completions"), top_k=cfg.endpoint_top_k)
+
+    run_dir = out / RUN_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    counters_path = run_dir / COUNTERS
+    scored: dict[str, int] = json.loads(counters_path.read_text()) if counters_path.is_file() else {}
+    maker = BatchMaker(source, cfg.batch_size, tokenizer.pad_token_id, cfg.max_length,
+                       with_topk=cfg.loss != "sft" and not retokenize)
+    beta = cfg.jsd_beta
+
+    def loss_fn(model: torch.nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if cfg.loss == "sft":
+            return distill_loss(model, batch, beta, cfg.temperature)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        rows = maker.shard(step, rank, world)
+        on_policy = cfg.loss == "on-policy" and is_on_policy_step(step, cfg.lmbda, cfg.seed)
+        if on_policy:
+            batch, rows = on_policy_batch(unwrap(model), batch, rows, pad_id=tokenizer.pad_token_id,
+                                          eos_id=tokenizer.eos_token_id, max_new_tokens=cfg.max_new_tokens,
+                                          temperature=cfg.sample_temperature, seed=(cfg.seed * 1_000_003 + step * 101 + rank) % 2**31,
+                                          max_length=cfg.max_length)
+        # Score live only when the harvest lacks what the loss needs (the same decision on every rank).
+        if scorer is not None and (on_policy or not has_topk or (teacher_model is not None and not cfg.teacher_top_k)):
+            batch = scorer(batch, rows)
+            n = _all_reduce_int(int((batch["labels"] != IGNORE).sum()), device)
+            if accelerator.is_main_process:
+                scored[str(step)] = n  # keyed by step: steps redone after a resume are not counted twice
+                counters_path.write_text(json.dumps(scored))
+        return distill_loss(model, batch, beta, cfg.temperature, cfg.ce_weight)
+
+    train_cfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(cfg.warmup, max(0, cfg.steps // 5)),
+                            seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+    result = train(student, maker, loss_fn, train_cfg, run_dir, progress=progress, accelerator=accelerator,
+                   description=f"distill {cfg.loss}")
+    if isinstance(scorer, EndpointScorer):
+        scorer.close()
+
+    # Teacher tokens: harvested completions behind the off-policy steps, plus tokens scored live.
+    off_steps = [s for s in range(cfg.steps) if not (cfg.loss == "on-policy" and is_on_policy_step(s, cfg.lmbda, cfg.seed))]
+    used = source.indices_used(p for s in off_steps for p in range(s * cfg.batch_size, (s + 1) * cfg.batch_size))
+    if used is not None:
+        harvested_tokens, rows_used = source.teacher_tokens(used), len(used)
+    else:  # streaming: estimate from the rows covered
+        rows_used = min(source.n, len(off_steps) * cfg.batch_size)
+        harvested_tokens = int(meta.get("completion_tokens", 0) * rows_used / source.n) if meta else 0
+    scored_tokens = sum(scored.values())
+    source.close()
+
+    model = unwrap(accelerator.unwrap_model(student))
+    card = {
+        "kind": "stillwatch-student",
+        "loss": cfg.loss,
+        "config": asdict(cfg),
+        "student": {"init": str(init)} if init else {"preset": preset},
+        "parameters": count_parameters(model),
+        "data": {"source": str(data) if isinstance(data, (str, Path)) else f"{source.n} rows in memory",
+                 "rows": source.n, "rows_used": rows_used, "retokenized": retokenize,
+                 "teacher": meta.get("teacher") if isinstance(meta.get("teacher"), (str, dict)) else None},
+        "teacher": str(teacher) if teacher else endpoint,
+        "teacher_tokens": {"harvested": harvested_tokens, "scored": scored_tokens,
+                           "total": harvested_tokens + scored_tokens},
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "train": {k: v for k, v in result.to_dict().items() if k != "losses"},
+        "loss_curve": result.losses,
+        "seed": cfg.seed,
+        "command": command or " ".join(sys.argv),
+        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__,
+                    "processes": accelerator.num_processes},
+    }
+    if accelerator.is_main_process:
+        save_model(model, tokenizer, out, card)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return card
