@@ -121,10 +121,10 @@ def prove_cmd(
     control: Optional[list[Path]] = typer.Option(None, "--control", help="Reference model known not to be "
                                                  "derived (repeatable): must come out p >= 0.01."),
     key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help=KEY_FILE_HELP),
-    gamma: float = typer.Option(0.25, "--gamma"),
-    delta: float = typer.Option(2.0, "--delta"),
-    context_width: int = typer.Option(1, "--context-width"),
-    seeding: str = typer.Option("lefthash", "--seeding"),
+    gamma: Optional[float] = typer.Option(None, "--gamma", help="γ (default: the store's, else 0.25)."),
+    delta: Optional[float] = typer.Option(None, "--delta", help="δ (default: the store's, else 2.0)."),
+    context_width: Optional[int] = typer.Option(None, "--context-width", help="Window (default: the store's, else 1)."),
+    seeding: Optional[str] = typer.Option(None, "--seeding", help="lefthash or selfhash (default: the store's)."),
     alpha: float = typer.Option(1e-4, "--alpha", help="Significance level for the verdict 'derived'."),
     max_texts: int = typer.Option(4000, "--max-texts", min=1, help="Evidence texts read (open mode)."),
     max_prompts: int = typer.Option(400, "--max-prompts", min=1, help="Prompts sent to the suspect (closed mode)."),
@@ -143,7 +143,16 @@ def prove_cmd(
         raise ConfigError("give exactly one of --suspect DIR or --suspect-endpoint URL")
     if fmt not in ("md", "html"):
         raise ConfigError("--format must be md or html")
-    config = _config(key_file, gamma, delta, context_width, seeding)
+    from stillwatch.forensics.prove import stored_watermark
+
+    recorded = stored_watermark(evidence) or {}
+    config = _config(key_file, gamma if gamma is not None else recorded.get("gamma", 0.25),
+                     delta if delta is not None else recorded.get("delta", 2.0),
+                     context_width if context_width is not None else recorded.get("context_width", 1),
+                     seeding or recorded.get("seeding", "lefthash"))
+    if recorded.get("key_fingerprint") not in (None, config.fingerprint):
+        raise ConfigError(f"this key (fingerprint {config.fingerprint}) is not the one that watermarked "
+                          f"{evidence} (fingerprint {recorded['key_fingerprint']})")
     tok, tok_dir = _tokenizer(tokenizer, evidence_tokenizer_dir(evidence), str(suspect) if suspect else None)
     settings = ProveSettings(alpha=alpha, max_texts=max_texts, task=task, max_prompts=max_prompts,
                              samples_per_prompt=samples, temperature=temperature, kgram_top=kgram_top, seed=seed)

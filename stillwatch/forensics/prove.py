@@ -75,12 +75,22 @@ def evidence_tokenizer_dir(source: str | Path) -> str | None:
 
     with HarvestStore(source) as store:
         meta = store.meta()
-    for candidate in (meta.get("name_or_path"), meta.get("teacher_dir"), meta.get("teacher")):
+    for candidate in (meta.get("model_dir"), meta.get("name_or_path"), meta.get("teacher")):
         if candidate:
             path = Path(str(candidate).removeprefix("local:"))
             if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
                 return str(path)
     return None
+
+
+def stored_watermark(source: str | Path) -> dict | None:
+    """The public watermark settings a harvest store recorded (γ, δ, width, seeding, key fingerprint), if any."""
+    if is_db_url(source) or str(source).endswith(".jsonl") or not Path(source).is_file():
+        return None
+    from stillwatch.harvest.store import HarvestStore
+
+    with HarvestStore(source) as store:
+        return store.meta().get("watermark")
 
 
 def _render_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
