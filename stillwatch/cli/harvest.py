@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 HELP = (
     "Collect teacher completions for distillation into a resumable harvest store (SQLite).\n\n"
     "Give a teacher (--teacher DIR, or --endpoint URL --api-key KEY) and prompts (--task NAME --n N, or "
     "--prompts FILE.jsonl|FILE.parquet with a 'prompt' or 'messages' column). Re-running the same command after "
     "a crash or a kill resumes: complete prompts are skipped and nothing is stored twice.\n\n"
-    "`stillwatch harvest export STORE --out FILE.jsonl|FILE.parquet` writes the store for `datasets`."
+    "`stillwatch harvest export STORE --out FILE.jsonl|FILE.parquet` writes the store for `datasets`; "
+    "`stillwatch harvest merge OUT STORE...` combines shards."
 )
 
 
@@ -45,6 +46,9 @@ def harvest(
     retries: int = typer.Option(2, "--retries", min=0, help="Extra tries per prompt after the client's own."),
     max_failures: int = typer.Option(10, "--max-failures", min=1,
                                      help="Stop after this many prompts fail in a row."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N",
+                                        help="Harvest only every N-th prompt from the I-th (0-based): one shard "
+                                             "per process or endpoint, into one shared store or merged later."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     from stillwatch.errors import ConfigError, TeacherError
@@ -68,6 +72,7 @@ def harvest(
     if endpoint is not None and watermark_key_file is not None:
         raise ConfigError("--watermark-key-file applies to an in-process --teacher; an endpoint watermarks itself")
 
+    shard_spec = _parse_shard(shard) if shard is not None else None
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
                             top_logprobs=logprobs)
     if teacher is not None:
@@ -76,21 +81,32 @@ def harvest(
         subject, info = _endpoint_teacher(endpoint, api_key, served_model, api, tokenizer_dir, concurrency)
     tokenizer = getattr(subject, "tokenizer", None)
     source = task_source(task, n, seed) if task is not None else file_source(prompts, tokenizer)
+    if shard_spec is not None:
+        source = source.shard(*shard_spec)
     if tokenizer is not None:
         info["tokenizer"] = tokenizer_info(tokenizer)
     with HarvestStore(out, create=True) as store:
         store.record_teacher(subject.name, info)
-        Console(stderr=True).print(f"harvest: {source.describe} from {subject.name} into {out}"
-                                   + (" (watermarked)" if "watermark" in info else ""))
+        print(f"harvest: {source.describe} from {subject.name} into {out}"
+              + (" (watermarked)" if "watermark" in info else ""), file=sys.stderr)
         result = run_harvest(subject, source, store, params, concurrency=concurrency, total=source.total,
                              progress=progress, retries=retries, max_consecutive_failures=max_failures)
     rate = result.completion_tokens / result.seconds if result.seconds else 0.0
-    Console().print(f"harvested {result.rows_added} new rows from {result.prompts_done} prompts in "
-                    f"{result.seconds:.1f} s ({rate:,.0f} tok/s); {result.prompts_skipped} prompts were already "
-                    f"complete; {out} holds {result.rows_total} rows")
+    print(f"harvested {result.rows_added} new rows from {result.prompts_done} prompts in "
+          f"{result.seconds:.1f} s ({rate:,.0f} tok/s); {result.prompts_skipped} prompts were already complete; "
+          f"{out} holds {result.rows_total} rows")
     if result.prompts_failed:
         raise TeacherError(f"{result.prompts_failed} prompts failed after every retry; {result.rows_total} rows "
                            f"are kept in {out}; re-run the same command to retry them")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    from stillwatch.errors import ConfigError
+
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(count) >= 1):
+        raise ConfigError(f"--shard takes I/N with 0 <= I < N, not {text!r}")
+    return int(index), int(count)
 
 
 def _local_teacher(model_dir: Path, key_file: Optional[Path]):
@@ -151,13 +167,28 @@ def export(
 
     with HarvestStore(store) as source:
         rows = run_export(source, out, batch_size=batch_size)
-    Console().print(f"wrote {rows} rows to {out}")
+    print(f"wrote {rows} rows to {out}")
+
+
+def merge(
+    out: Path = typer.Argument(..., help="Store to merge into (created when missing)."),
+    sources: list[Path] = typer.Argument(..., help="Stores to copy rows from (for example one per shard)."),
+) -> None:
+    """Merge harvest stores (say, shards harvested on several machines) into one, without duplicates."""
+    from stillwatch.harvest import HarvestStore
+
+    with HarvestStore(out, create=True) as target:
+        for source in sources:
+            added = target.merge_from(source)
+            print(f"{source}: {added} new rows")
+        print(f"{out} holds {target.count()} rows")
 
 
 def register(app: typer.Typer) -> None:
     """Add `harvest` (a command with options that is also the group of `harvest export`)."""
     group = typer.Typer(help=HELP, invoke_without_command=True, no_args_is_help=True, add_completion=False,
-                        subcommand_metavar="[export STORE --out FILE]")
+                        subcommand_metavar="[export | merge] ...")
     group.callback()(harvest)
     group.command("export")(export)
+    group.command("merge")(merge)
     app.add_typer(group, name="harvest")

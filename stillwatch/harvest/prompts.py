@@ -46,6 +46,17 @@ class PromptSource:
     def __iter__(self) -> Iterator[PromptItem]:
         return self._open()
 
+    def shard(self, index: int, count: int) -> "PromptSource":
+        """Every `count`-th prompt starting at `index` (0-based): disjoint shards that cover the source."""
+        if not 0 <= index < count:
+            raise ConfigError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+        if count == 1:
+            return self
+        parent = self._open
+        total = None if self.total is None else len(range(index, self.total, count))
+        return PromptSource(f"{self.describe}, shard {index}/{count}", total,
+                            lambda: (item for i, item in enumerate(parent()) if i % count == index))
+
 
 def task_source(names: Sequence[str], n: int, seed: int = 0) -> PromptSource:
     """`n` prompts of each built-in task, with their reference answers (positions count within a task)."""

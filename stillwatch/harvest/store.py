@@ -215,6 +215,10 @@ class HarvestStore:
     def record_teacher(self, name: str, info: dict | None = None) -> None:
         """Note the teacher of this run: `teacher` keeps the first one, `teachers` lists all of them."""
         meta = self.meta()
+        if "teacher" in meta and meta.get("watermark") != (info or {}).get("watermark"):
+            # one store, one watermark: forensics reads the store's config to prove what was served
+            raise ConfigError(f"{self.path} was harvested {_watermark_words(meta.get('watermark'))}, but this run "
+                              f"is {_watermark_words((info or {}).get('watermark'))}; use another store")
         teachers = meta.get("teachers", [])
         values: dict[str, Any] = {"teachers": teachers + [name]} if name not in teachers else {}
         if "teacher" not in meta:
@@ -245,6 +249,31 @@ class HarvestStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
             return self._db.total_changes - before
 
+    def merge_from(self, other: str | Path) -> int:
+        """Copy every row of another store into this one (INSERT OR IGNORE, inside SQLite: constant memory).
+
+        Returns the number of rows added. Teachers of both stores are kept in `meta()["teachers"]`.
+        """
+        source = HarvestStore(other)  # validates it is a harvest store
+        theirs = source.meta()
+        source.close()
+        if Path(other).resolve() == self.path.resolve():
+            raise ConfigError(f"cannot merge {other} into itself")
+        columns = _COLUMNS.replace("id, ", "", 1) + ", position, completion_tokens"
+        self._db.execute("ATTACH DATABASE ? AS other", (str(other),))
+        try:
+            with self._transaction():
+                before = self._db.total_changes
+                self._db.execute(f"INSERT OR IGNORE INTO samples ({columns}) SELECT {columns} FROM other.samples "
+                                 "ORDER BY id")
+                added = self._db.total_changes - before
+        finally:
+            self._db.execute("DETACH DATABASE other")
+        for name in theirs.get("teachers", []):
+            self.record_teacher(name, {k: v for k, v in theirs.items() if k not in ("teachers", "created_at",
+                                                                                   "schema_version")})
+        return added
+
     def _transaction(self):
         return _Transaction(self._db)
 
@@ -257,6 +286,10 @@ class HarvestStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _watermark_words(config: dict | None) -> str:
+    return f"watermarked (key {config.get('key_fingerprint')})" if config else "without a watermark"
 
 
 class _Transaction:
