@@ -7,7 +7,6 @@ import json
 import sqlite3
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +63,8 @@ def test_store_round_trip_and_insert_or_ignore(tmp_path):
     # the same (prompt_id, sample_index) again is ignored, a new index is not
     assert store.add([(_item(1), 0, _completion("other"), "fake", params), (_item(1), 2, c, "fake", params)]) == 1
     assert store.count() == 3 and store.count_prompts() == 1
+    # token totals count inserted rows only (the ignored duplicate is not counted)
+    assert store.meta()["completion_tokens"] == 3 * c.completion_tokens and store.meta()["prompt_tokens"] == 12
     rows = list(store.iter_rows(batch_size=2))
     assert [r.sample_index for r in rows] == [0, 1, 2]
     row = rows[0]
@@ -347,6 +348,7 @@ def test_shards_cover_the_source_and_merge_without_duplicates(tmp_path, capsys):
     with HarvestStore(tmp_path / "all.db") as merged:
         assert merged.count() == 22 and merged.count_prompts() == 11
         assert merged.meta()["teachers"] == ["fake0", "fake1", "fake2"]
+        assert merged.meta()["completion_tokens"] == sum(r.completion.completion_tokens for r in merged.iter_rows())
         row = next(merged.iter_rows())
         assert row.task == "add" and row.completion.text.endswith("-> x")
     with pytest.raises(SystemExit):

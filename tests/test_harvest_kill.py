@@ -11,7 +11,7 @@ import time
 
 from stillwatch.harvest import HarvestStore, task_source
 
-N_PROMPTS, SAMPLES = 160, 2
+N_PROMPTS, SAMPLES = 120, 2
 
 
 def _rows(db) -> dict[tuple[str, int], tuple]:
@@ -44,7 +44,7 @@ def test_sigkill_mid_harvest_then_resume(tmp_path, tiny_teacher):
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     try:
-        while _count(db) < 24:  # a few batches committed
+        while _count(db) < 16:  # two batches committed
             assert proc.poll() is None, f"harvest ended before the kill: {proc.stderr.read().decode()[-2000:]}"
             assert time.monotonic() < deadline, "harvest made no progress"
             time.sleep(0.05)
@@ -56,7 +56,7 @@ def test_sigkill_mid_harvest_then_resume(tmp_path, tiny_teacher):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     before = _rows(db)
-    assert 24 <= len(before) < N_PROMPTS * SAMPLES, "the kill must land mid-run"
+    assert 16 <= len(before) < N_PROMPTS * SAMPLES, "the kill must land mid-run"
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

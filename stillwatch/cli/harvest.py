@@ -80,7 +80,9 @@ def harvest(
     else:
         subject, info = _endpoint_teacher(endpoint, api_key, served_model, api, tokenizer_dir, concurrency)
     tokenizer = getattr(subject, "tokenizer", None)
-    source = task_source(task, n, seed) if task is not None else file_source(prompts, tokenizer)
+    # A chat endpoint applies its own template, so messages are only joined here; else we apply the teacher's.
+    renderer = tokenizer if teacher is not None or api == "completions" else None
+    source = task_source(task, n, seed) if task is not None else file_source(prompts, renderer)
     if shard_spec is not None:
         source = source.shard(*shard_spec)
     if tokenizer is not None:

@@ -120,8 +120,9 @@ def _check_parquet(path: Path) -> int:
         meta = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise ConfigError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
-    if not {"prompt", "messages"} & set(meta.schema_arrow.names):
-        raise ConfigError(f"{path} has no 'prompt' or 'messages' column (columns: {', '.join(meta.schema_arrow.names)})")
+    names = meta.schema_arrow.names
+    if not {"prompt", "messages"} & set(names):
+        raise ConfigError(f"{path} has no 'prompt' or 'messages' column (columns: {', '.join(names)})")
     return meta.metadata.num_rows
 
 

@@ -190,7 +190,8 @@ class HarvestStore:
                           completion=completion, teacher=teacher, params=json.loads(params), created_at=created)
 
     def meta(self) -> dict:
-        """Store metadata: teacher identity, tokenizer info when known, watermark config, schema version."""
+        """Store metadata: teacher identity, tokenizer info when known, watermark config, schema version, and
+        the totals `prompt_tokens` / `completion_tokens` over every stored row (the teacher tokens consumed)."""
         return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
 
     def existing_samples(self, prompt_ids: Sequence[str]) -> dict[str, set[int]]:
@@ -241,13 +242,27 @@ class HarvestStore:
                             c.finish_reason, c.prompt_tokens, c.completion_tokens, teacher,
                             json.dumps(params, sort_keys=True), now))
         with self._transaction():
-            before = self._db.total_changes
+            last = self._last_id()
             self._db.executemany(
                 "INSERT OR IGNORE INTO samples (prompt_id, sample_index, position, prompt, task, answer, text, "
                 "token_ids, logprobs, top_k, top_ids, top_logprobs, finish_reason, prompt_tokens, "
                 "completion_tokens, teacher, params, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-            return self._db.total_changes - before
+            return self._count_new(last)
+
+    def _last_id(self) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM samples").fetchone()[0]
+
+    def _count_new(self, last: int) -> int:
+        """Add the rows after id `last` (this transaction's) to the token totals in meta; return their number."""
+        added, prompt_tokens, completion_tokens = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM samples "
+            "WHERE id > ?", (last,)).fetchone()
+        self._db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
+            [("prompt_tokens", str(prompt_tokens)), ("completion_tokens", str(completion_tokens))])
+        return added
 
     def merge_from(self, other: str | Path) -> int:
         """Copy every row of another store into this one (INSERT OR IGNORE, inside SQLite: constant memory).
@@ -263,15 +278,15 @@ class HarvestStore:
         self._db.execute("ATTACH DATABASE ? AS other", (str(other),))
         try:
             with self._transaction():
-                before = self._db.total_changes
+                last = self._last_id()
                 self._db.execute(f"INSERT OR IGNORE INTO samples ({columns}) SELECT {columns} FROM other.samples "
                                  "ORDER BY id")
-                added = self._db.total_changes - before
+                added = self._count_new(last)
         finally:
             self._db.execute("DETACH DATABASE other")
+        skip = ("teachers", "created_at", "schema_version", "prompt_tokens", "completion_tokens")
         for name in theirs.get("teachers", []):
-            self.record_teacher(name, {k: v for k, v in theirs.items() if k not in ("teachers", "created_at",
-                                                                                   "schema_version")})
+            self.record_teacher(name, {k: v for k, v in theirs.items() if k not in skip})
         return added
 
     def _transaction(self):
