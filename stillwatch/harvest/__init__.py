@@ -2,8 +2,8 @@
 
 from stillwatch.harvest.export import export
 from stillwatch.harvest.prompts import PromptItem, PromptSource, file_source, prompt_id, task_source
-from stillwatch.harvest.runner import HarvestResult, HarvestStopped, harvest
+from stillwatch.harvest.runner import HarvestResult, HarvestStopped, harvest, harvest_async
 from stillwatch.harvest.store import HarvestRow, HarvestStore, tokenizer_info
 
 __all__ = ["HarvestResult", "HarvestRow", "HarvestStopped", "HarvestStore", "PromptItem", "PromptSource", "export",
-           "file_source", "harvest", "prompt_id", "task_source", "tokenizer_info"]
+           "file_source", "harvest", "harvest_async", "prompt_id", "task_source", "tokenizer_info"]

@@ -67,8 +67,17 @@ def harvest(teacher: Teacher, prompts: Iterable[PromptItem], store: HarvestStore
             concurrency: int = 8, total: int | None = None, progress: bool = True, retries: int = 2,
             max_consecutive_failures: int = 10, retry_delay: float = 2.0) -> HarvestResult:
     """Collect `params.n` samples per prompt into `store`, resuming whatever an earlier run left undone."""
+    return asyncio.run(harvest_async(teacher, prompts, store, params, concurrency, total, progress, retries,
+                                     max_consecutive_failures, retry_delay))
+
+
+async def harvest_async(teacher: Teacher, prompts: Iterable[PromptItem], store: HarvestStore,
+                        params: SamplingParams, concurrency: int = 8, total: int | None = None,
+                        progress: bool = True, retries: int = 2, max_consecutive_failures: int = 10,
+                        retry_delay: float = 2.0) -> HarvestResult:
+    """`harvest` for callers already inside an event loop."""
     run = _Run(teacher, store, params, max(1, concurrency), retries, max_consecutive_failures, retry_delay)
-    return asyncio.run(run.main(prompts, total, progress))
+    return await run.main(prompts, total, progress)
 
 
 class _RateColumn(ProgressColumn):
@@ -181,6 +190,7 @@ class _Run:
                 return
 
     async def _generate(self, jobs: list[tuple[PromptItem, list[int]]]) -> None:
+        # One seed per batch (torch draws the whole batch from one generator), derived from its first prompt.
         params = replace(self.params, n=len(jobs[0][1]), seed=derive_seed(self.params.seed, jobs[0][0].prompt_id))
         try:
             outputs = await asyncio.to_thread(self.teacher.generate, [item.prompt for item, _ in jobs], params)

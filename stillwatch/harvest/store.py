@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from stillwatch.errors import ConfigError
+from stillwatch.errors import ConfigError, StillwatchError
 from stillwatch.teachers.completion import Completion
 
 SCHEMA_VERSION = 1
@@ -307,6 +307,10 @@ def _watermark_words(config: dict | None) -> str:
     return f"watermarked (key {config.get('key_fingerprint')})" if config else "without a watermark"
 
 
+class StoreWriteError(StillwatchError):
+    """The store cannot be written (disk full, read-only, locked by another writer for too long)."""
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (the connection is in autocommit mode)."""
 
@@ -314,10 +318,21 @@ class _Transaction:
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, read-only, disk full
+            raise StoreWriteError(f"cannot write to the harvest store: {exc}") from None
 
-    def __exit__(self, exc_type, *_) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+    def __exit__(self, exc_type, exc, _tb) -> None:
+        if exc_type is not None:
+            self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreWriteError(f"cannot write to the harvest store: {exc}") from None
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreWriteError(f"cannot write to the harvest store: {exc}") from None
 
 
 def tokenizer_info(tokenizer: Any) -> dict:
