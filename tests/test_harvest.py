@@ -108,10 +108,10 @@ def test_store_open_errors(tmp_path):
 
 
 def test_iterating_a_large_store_keeps_memory_bounded(tmp_path):
-    """200k rows inserted directly; streaming them must hold only about one page of rows in memory."""
+    """120k rows inserted directly; streaming them must hold only about one page of rows in memory."""
     store = HarvestStore(tmp_path / "big.db", create=True)
     ids, lps = np.arange(8, dtype="<i4").tobytes(), np.zeros(8, dtype="<f4").tobytes()
-    n = 200_000
+    n = 120_000
     rows = ((f"p{i:07d}", 0, i, f"prompt {i} " + "x" * 60, "add", str(i), "completion " + "y" * 60, ids, lps, 0,
              None, None, "stop", 4, 8, "fake", "{}", 0.0) for i in range(n))
     store._db.execute("BEGIN")
@@ -130,7 +130,7 @@ def test_iterating_a_large_store_keeps_memory_bounded(tmp_path):
     tracemalloc.stop()
     store.close()
     assert seen == n
-    # Loading the store whole would take well over 100 MB of Python objects; one page takes under 2 MB.
+    # Loading the store whole would take about 100 MB of Python objects; one page takes under 2 MB.
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB while streaming"
 
 
