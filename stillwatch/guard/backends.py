@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, AsyncIterator, Hashable, Iterable, Protocol
 
-import httpx
-
 from stillwatch.guard import render
 from stillwatch.guard.batching import Batcher
 from stillwatch.guard.errors import APIError, bad_request
@@ -255,30 +253,39 @@ class LocalBackend:
 
 
 class ProxyBackend:
-    """Forwards to an OpenAI-compatible upstream (vLLM, TGI, OpenAI) over one pooled HTTP/1.1 client."""
+    """Forwards to an OpenAI-compatible upstream (vLLM, TGI, OpenAI) over one pooled aiohttp session.
 
-    def __init__(self, settings: GuardSettings, transport: httpx.AsyncBaseTransport | None = None):
+    aiohttp rather than httpx on this hop: at 32 concurrent requests httpx's pool sustained about 1/15 of
+    aiohttp's requests/s on the benchmark machine (see bench/gateway.py), and this hop is all a proxy does."""
+
+    def __init__(self, settings: GuardSettings):
         if not settings.upstream:
             raise ValueError("ProxyBackend needs settings.upstream")
         self.base = settings.upstream.rstrip("/")
         self.settings = settings
-        headers = {}
+        self.headers = {"Content-Type": "application/json"}
         if settings.upstream_api_key is not None:
-            headers["Authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
-        self._client_args = dict(base_url=self.base, headers=headers, transport=transport,
-                                 timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
-                                 limits=httpx.Limits(max_connections=settings.upstream_connections,
-                                                     max_keepalive_connections=settings.upstream_connections))
-        self.client: httpx.AsyncClient | None = None
+            self.headers["Authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        self.session: Any = None
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(**self._client_args)
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=self.settings.upstream_connections, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=self.settings.upstream_timeout_s, sock_connect=10.0)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers,
+                                             auto_decompress=True, trust_env=False)
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        if self.session is not None:
+            await self.session.close()
 
-    def _upstream_error(self, status: int, raw: bytes) -> APIError:
+    @staticmethod
+    def _unreachable(exc: BaseException) -> APIError:
+        return APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
+                        code="bad_gateway")
+
+    def _upstream_error(self, status: int, raw: bytes, headers: Any = None) -> APIError:
         try:
             err = json.loads(raw)["error"]
             message, type_, param, code = (str(err.get("message", "")), str(err.get("type") or "upstream_error"),
@@ -288,44 +295,55 @@ class ProxyBackend:
         if status in (401, 403) or status >= 500:
             # Our credentials upstream, or the upstream's own failure: not the client's fault.
             return APIError(502, f"Upstream error {status}: {message}", type="upstream_error", code="bad_gateway")
-        headers = {}
+        passed = {k: v for k, v in (headers or {}).items() if k.lower() in ("retry-after", "retry-after-ms",
+                                                                            "x-should-retry")}
         return APIError(status, message, type=type_, param=param if isinstance(param, str) else None,
-                        code=str(code) if code is not None else None, headers=headers)
+                        code=str(code) if code is not None else None, headers=passed)
+
+    async def _open(self, path: str, body: dict) -> Any:
+        import aiohttp
+
+        try:
+            return await self.session.post(self.base + path, data=json.dumps(body).encode())
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._unreachable(exc) from None
 
     async def _post(self, path: str, body: dict) -> dict:
-        assert self.client is not None
+        import aiohttp
+
+        resp = await self._open(path, body)
         try:
-            resp = await self.client.post(path, content=json.dumps(body).encode(),
-                                          headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as exc:
-            raise APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
-                           code="bad_gateway") from None
-        if resp.status_code != 200:
-            raise self._upstream_error(resp.status_code, resp.content)
+            raw = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            resp.release()
+        if resp.status != 200:
+            raise self._upstream_error(resp.status, raw, resp.headers)
         try:
-            return resp.json()
+            return json.loads(raw)
         except ValueError:
             raise APIError(502, "The upstream sent invalid JSON.", type="upstream_error", code="bad_gateway") from None
 
     async def _stream(self, path: str, body: dict, result: Result) -> AsyncIterator[dict]:
-        assert self.client is not None
+        import aiohttp
+
+        # Ask for usage whatever the client asked: the guard charges and audits tokens. The route drops the
+        # usage chunk again unless the client wanted it.
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        request = self.client.build_request("POST", path, content=json.dumps(body).encode(),
-                                            headers={"Content-Type": "application/json"})
-        try:
-            resp = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
-                           code="bad_gateway") from None
-        if resp.status_code != 200:
-            raw = await resp.aread()
-            await resp.aclose()
-            raise self._upstream_error(resp.status_code, raw)
+        resp = await self._open(path, body)
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            raise self._upstream_error(resp.status, raw, resp.headers)
 
         async def chunks() -> AsyncIterator[dict]:
             texts: dict[int, list[str]] = {}
             try:
-                async for line in resp.aiter_lines():
+                async for raw_line in resp.content:
+                    line = raw_line.decode("utf-8", "replace").strip()
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -347,10 +365,10 @@ class ProxyBackend:
                         result.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
                     result.texts = ["".join(v) for _, v in sorted(texts.items())]
                     yield chunk
-            except httpx.HTTPError:
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 log.warning("upstream stream broke off")
             finally:
-                await resp.aclose()
+                resp.release()
 
         return chunks()
 
@@ -369,15 +387,20 @@ class ProxyBackend:
         return result
 
     async def models(self) -> dict:
-        assert self.client is not None
+        import aiohttp
+
         try:
-            resp = await self.client.get("/models")
-        except httpx.HTTPError as exc:
-            raise APIError(502, f"Cannot reach the upstream: {type(exc).__name__}", type="upstream_error",
-                           code="bad_gateway") from None
-        if resp.status_code != 200:
-            raise self._upstream_error(resp.status_code, resp.content)
-        return resp.json()
+            async with self.session.get(self.base + "/models") as resp:
+                raw = await resp.read()
+                status, headers = resp.status, resp.headers
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        if status != 200:
+            raise self._upstream_error(status, raw, headers)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise APIError(502, "The upstream sent invalid JSON.", type="upstream_error", code="bad_gateway") from None
 
     async def _forward(self, path: str, req: Any) -> Result:
         body = req.model_dump(exclude_none=True)
@@ -406,5 +429,9 @@ def make_backend(settings: GuardSettings) -> Backend:
     from stillwatch.guard.hooks import load_hooks
     from stillwatch.teachers.local import LocalTeacher
 
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)  # process-wide, which is what a server process wants
     teacher = LocalTeacher.from_dir(settings.teacher, max_batch=settings.max_batch)
     return LocalBackend(teacher, settings, load_hooks(settings, teacher))

@@ -46,6 +46,9 @@ class GuardSettings(BaseSettings):
     # Local backend batching.
     max_batch: int = 64
     batch_wait_ms: float = 5.0
+    # torch intra-op threads for the local backend (None: torch's default). Small models on a busy CPU serve
+    # faster with 1: batching, not intra-op parallelism, is what scales them.
+    torch_threads: int | None = None
 
     # Forensics hooks (issue 4): watermark every local completion when a key is set.
     watermark_key: SecretStr | None = None

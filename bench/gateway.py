@@ -1,0 +1,415 @@
+"""Gateway benchmark: what stillwatch's guard costs, next to LiteLLM's proxy, and what batching buys.
+
+Peers, against the same instant mock upstream on 127.0.0.1 (one process each, one run):
+  direct      the client calls the mock upstream itself;
+  stillwatch  `stillwatch serve --upstream` with auth, a durable audit record per request and quotas on;
+  litellm     LiteLLM's proxy (`litellm --config`, master key auth), from the `bench` extra.
+Reported: latency each adds over direct (p50/p99, one client in a loop) and requests/s at a fixed concurrency.
+Then the local backend: `stillwatch serve --teacher` at 1 vs 32 concurrent clients (tokens/s; batching).
+
+    python bench/gateway.py            # full size
+    python bench/gateway.py --smoke    # a few seconds per peer, for CI
+
+LiteLLM pins versions that clash with stillwatch's own (rich, among others), so install it in its own
+environment and point `--litellm` at its `litellm` executable (default: .cache/litellm-venv/bin/litellm, else
+PATH). Results go to bench/results/gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "gateway.json"
+HOST = "127.0.0.1"
+MODEL = "stillwatch"
+CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "add: 4721+3856\n"}], "max_tokens": 16}
+MOCK_REPLY = {
+    "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "4721+3856=8577 -> 8577"},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
+}
+
+
+# ---------------------------------------------------------------- the instant mock upstream (raw asyncio)
+class _MockProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive; answers every POST with the same chat completion and GET /v1/models with a list."""
+
+    reply = json.dumps(MOCK_REPLY).encode()
+    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
+                                                      "owned_by": "mock"}]}).encode()
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length:]
+            body = self.models if head.startswith("GET") else self.reply
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def serve_mock(port: int) -> None:
+    """Run the mock upstream until killed."""
+    async def main():
+        server = await asyncio.get_running_loop().create_server(_MockProtocol, HOST, port, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop  # noqa: F401 - uvicorn[standard] brings it
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+# ---------------------------------------------------------------- a lean keep-alive HTTP client
+class Conn:
+    """One keep-alive connection that sends a fixed request and reads the response (length or chunked)."""
+
+    def __init__(self, port: int, path: str, body: dict, key: str | None):
+        data = json.dumps(body).encode()
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}Content-Type: application/json\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+        self.port = port
+        self.reader = self.writer = None
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+
+    async def call(self) -> tuple[int, bytes]:
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if "content-length" in headers:
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        else:  # chunked
+            parts = []
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
+        if headers.get("connection", "").lower() == "close":
+            self.writer.close()
+            await self.open()
+        return status, body
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _latency(port: int, path: str, body: dict, key: str | None, n: int, warmup: int) -> dict:
+    conn = Conn(port, path, body, key)
+    await conn.open()
+    for _ in range(warmup):
+        await conn.call()
+    times, errors = [], 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status, _ = await conn.call()
+        times.append(time.perf_counter() - t0)
+        errors += status != 200
+    conn.close()
+    times.sort()
+    return {"p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[min(len(times) - 1, int(len(times) * 0.99))],
+            "mean_ms": 1000 * statistics.fmean(times), "errors": errors, "requests": n}
+
+
+async def _throughput(port: int, path: str, body: dict, key: str | None, n: int, concurrency: int,
+                      parse_usage: bool = False) -> dict:
+    conns = [Conn(port, path, body, key) for _ in range(concurrency)]
+    await asyncio.gather(*(c.open() for c in conns))
+    remaining, errors, tokens = n, 0, 0
+
+    async def worker(conn: Conn):
+        nonlocal remaining, errors, tokens
+        while remaining > 0:
+            remaining -= 1
+            status, raw = await conn.call()
+            if status != 200:
+                errors += 1
+            elif parse_usage:
+                tokens += json.loads(raw)["usage"]["completion_tokens"]
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return {"requests": n, "concurrency": concurrency, "seconds": elapsed, "requests_per_s": n / elapsed,
+            "errors": errors, "completion_tokens": tokens, "tokens_per_s": tokens / elapsed}
+
+
+# ---------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen, headers: dict | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before it served {path}")
+        try:
+            if httpx.get(f"http://{HOST}:{port}{path}", headers=headers, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing answered on {HOST}:{port}{path} within {timeout:.0f} s")
+
+
+class Proc:
+    """A child process in its own process group, stopped on exit."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def stillwatch_env(tmp: Path) -> tuple[dict, str, Path]:
+    """Env for a stillwatch gateway: a fresh SQLite file, one key, quotas high enough not to bind."""
+    from stillwatch.guard.accounts import AccountStore
+    from stillwatch.guard.db import make_engine, upgrade
+
+    db = f"sqlite:///{tmp / 'bench.db'}"
+    engine = make_engine(db)
+    upgrade(engine)
+    key = AccountStore(engine).create_key("bench")[1]
+    engine.dispose()
+    quotas = tmp / "quotas.toml"
+    quotas.write_text('[default]\nrequests = "10000000/minute"\ntokens = "1000000000/minute"\n')
+    env = {**os.environ, "STILLWATCH_DB": db, "STILLWATCH_QUOTAS_FILE": str(quotas)}
+    return env, key, tmp / "bench.db"
+
+
+def find_litellm(given: str | None) -> str | None:
+    for candidate in (given, str(ROOT / ".cache" / "litellm-venv" / "bin" / "litellm"), shutil.which("litellm")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def litellm_version(exe: str) -> str | None:
+    python = Path(exe).parent / "python"
+    try:
+        out = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+# ---------------------------------------------------------------- the run
+def run_proxy_peers(args, tmp: Path) -> dict:
+    mock_port = free_port()
+    procs: list[Proc] = []
+    out: dict = {"peers": {}}
+    try:
+        mock = Proc([sys.executable, __file__, "--serve-mock", str(mock_port)], tmp / "mock.log")
+        procs.append(mock)
+        wait_http(mock_port, "/v1/models", 30, mock.proc)
+        upstream = f"http://{HOST}:{mock_port}/v1"
+
+        peers: list[tuple[str, int, str, str | None]] = [("direct", mock_port, "/v1/chat/completions", None)]
+        env, key, _ = stillwatch_env(tmp)
+        sw_port = free_port()
+        sw = Proc([sys.executable, "-m", "stillwatch", "serve", "--upstream", upstream, "--port", str(sw_port),
+                   "--log-level", "warning"], tmp / "stillwatch.log", env=env)
+        procs.append(sw)
+        wait_http(sw_port, "/health", 60, sw.proc)
+        peers.append(("stillwatch", sw_port, "/v1/chat/completions", key))
+
+        exe = find_litellm(args.litellm)
+        if exe is None:
+            out["litellm"] = {"installed": False, "note": "litellm[proxy] not found; pip install it into its own "
+                                                          "venv and pass --litellm PATH"}
+        else:
+            ll_port = free_port()
+            cfg = tmp / "litellm.yaml"
+            cfg.write_text(
+                "model_list:\n  - model_name: stillwatch\n    litellm_params:\n      model: openai/stillwatch\n"
+                f"      api_base: {upstream}\n      api_key: mock\n"
+                "general_settings:\n  master_key: sk-bench-master\n"
+                "litellm_settings:\n  telemetry: false\n  drop_params: true\n")
+            ll_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+                      "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True"}
+            ll = Proc([exe, "--config", str(cfg), "--host", HOST, "--port", str(ll_port), "--num_workers", "1"],
+                      tmp / "litellm.log", env=ll_env)
+            procs.append(ll)
+            wait_http(ll_port, "/health/liveliness", 180, ll.proc)
+            out["litellm"] = {"installed": True, "version": litellm_version(exe), "auth": "master key",
+                              "note": "no database: LiteLLM keeps no per-request audit record in this setup"}
+            peers.append(("litellm", ll_port, "/v1/chat/completions", "sk-bench-master"))
+
+        for name, port, path, k in peers:
+            lat = asyncio.run(_latency(port, path, CHAT_BODY, k, args.latency_requests, args.warmup))
+            thr = asyncio.run(_throughput(port, path, CHAT_BODY, k, args.throughput_requests, args.concurrency))
+            out["peers"][name] = {"latency": lat, "throughput": thr}
+            print(f"  {name:<11} p50 {lat['p50_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms  "
+                  f"{thr['requests_per_s']:8.0f} req/s at {args.concurrency}  errors {lat['errors'] + thr['errors']}",
+                  flush=True)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    direct = out["peers"]["direct"]["latency"]
+    for name, res in out["peers"].items():
+        if name != "direct":
+            res["added_p50_ms"] = res["latency"]["p50_ms"] - direct["p50_ms"]
+            res["added_p99_ms"] = res["latency"]["p99_ms"] - direct["p99_ms"]
+    sw_res, ll_res = out["peers"].get("stillwatch"), out["peers"].get("litellm")
+    if sw_res and ll_res:
+        out["comparison"] = {
+            "p50_overhead_ratio": sw_res["added_p50_ms"] / ll_res["added_p50_ms"] if ll_res["added_p50_ms"] > 0 else None,
+            "requests_per_s_ratio": sw_res["throughput"]["requests_per_s"] / ll_res["throughput"]["requests_per_s"],
+            "goal": "stillwatch adds <= 1/3 of LiteLLM's p50 overhead and sustains >= 2x its requests/s",
+        }
+    return out
+
+
+def tiny_teacher_dir() -> Path:
+    """The test suite's cached tiny teacher, trained here if missing."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import _source_hash  # the same cache key the tests use
+
+    path = ROOT / ".cache" / "tests" / f"tiny-teacher-{_source_hash()}"
+    if not (path / "stillwatch_card.json").is_file():
+        from stillwatch.teach import teach
+
+        teach(path, preset="tiny", seed=0, eval_n=50, progress=False)
+    return path
+
+
+def run_local(args, tmp: Path) -> dict:
+    teacher = Path(args.teacher) if args.teacher else tiny_teacher_dir()
+    env, key, _ = stillwatch_env(tmp / "local")
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "stillwatch", "serve", "--teacher", str(teacher), "--port", str(port),
+                 "--log-level", "warning", "--max-batch", "64", "--torch-threads", str(args.torch_threads)],
+                tmp / "local.log", env=env)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "story: "}], "max_tokens": args.local_tokens,
+            "temperature": 1.0}
+    try:
+        wait_http(port, "/health", 120, proc.proc)
+        asyncio.run(_throughput(port, "/v1/chat/completions", body, key, 4, 1, parse_usage=True))  # warm up
+        one = asyncio.run(_throughput(port, "/v1/chat/completions", body, key, args.local_requests_1, 1, True))
+        many = asyncio.run(_throughput(port, "/v1/chat/completions", body, key, args.local_requests_32, 32, True))
+    finally:
+        proc.stop()
+    speedup = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
+    print(f"  local 1 client  {one['tokens_per_s']:8.0f} tokens/s  {one['requests_per_s']:6.1f} req/s\n"
+          f"  local 32 clients {many['tokens_per_s']:7.0f} tokens/s  {many['requests_per_s']:6.1f} req/s"
+          f"  speed-up {speedup:.1f}x (goal >= 4x)", flush=True)
+    return {"teacher": str(teacher.relative_to(ROOT) if teacher.is_relative_to(ROOT) else teacher),
+            "max_tokens": args.local_tokens, "torch_threads": args.torch_threads, "one_client": one, "32_clients": many, "speedup": speedup,
+            "goal": "tokens/s at 32 clients >= 4x one client"}
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--litellm", help="path to LiteLLM's `litellm` executable")
+    parser.add_argument("--teacher", help="model directory for the local-backend part (default: tiny teacher)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of the local backend")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--serve-mock", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_mock:
+        serve_mock(args.serve_mock)
+        return
+    size = dict(latency_requests=200, warmup=20, throughput_requests=600, local_requests_1=8, local_requests_32=64,
+                local_tokens=32) if args.smoke else \
+        dict(latency_requests=2000, warmup=200, throughput_requests=6000, local_requests_1=32, local_requests_32=256,
+             local_tokens=64)
+    for k, v in size.items():
+        setattr(args, k, v)
+    print(f"gateway benchmark ({'smoke' if args.smoke else 'full'}): proxy peers against an instant mock upstream",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="stillwatch-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        (tmp / "local").mkdir()
+        proxy = run_proxy_peers(args, tmp)
+        local = None if args.skip_local else run_local(args, tmp)
+    result = {
+        "benchmark": "gateway", "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+        "git_commit": git_commit(), "seed": args.seed, "smoke": args.smoke,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "processor": platform.processor() or platform.machine()},
+        "setup": {"request": CHAT_BODY, "upstream": "instant mock (raw asyncio HTTP/1.1, keep-alive)",
+                  "client": "raw asyncio keep-alive HTTP client in the benchmark process",
+                  "stillwatch": "stillwatch serve --upstream: key auth (SQLite), quotas (memory://), audit record "
+                                "committed (SQLite WAL, synchronous=FULL, group commit) before each response",
+                  "sizes": size, "concurrency": args.concurrency},
+        "proxy": proxy, "local": local,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    cmp_ = proxy.get("comparison")
+    if cmp_:
+        print(f"stillwatch/LiteLLM: p50 overhead ratio {cmp_['p50_overhead_ratio']:.2f} (goal <= 0.33), "
+              f"req/s ratio {cmp_['requests_per_s_ratio']:.2f} (goal >= 2)")
+    print(f"wrote {os.path.relpath(args.out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
