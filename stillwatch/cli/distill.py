@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -47,6 +48,8 @@ def distill(
     card = run_distill(data, out, config, preset=preset, init=init, teacher=teacher, endpoint=endpoint,
                        api_key=api_key, served_model=served_model, tokenizer_dir=tokenizer,
                        command="stillwatch " + " ".join(sys.argv[1:]))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, rank 0 reports
+        return
     console = Console()
     train = card["train"]
     console.print(f"student {out}: {card['parameters']:,} parameters, loss {card['loss']}, {train['steps']} steps in "

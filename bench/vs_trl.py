@@ -1,0 +1,224 @@
+"""Benchmark: stillwatch distill against TRL on the same teacher data, student, steps and seed; writes vs_trl.json.
+
+    python bench/vs_trl.py            # full size (about 10-15 minutes on 2 CPU cores)
+    python bench/vs_trl.py --smoke    # tiny sizes, to keep the script working in CI
+
+Two jobs, each run by both tools in this one process:
+  * sequence-level KD (SFT on the teacher's completions): TRL `SFTTrainer` vs `stillwatch distill --loss sft`;
+  * white-box logit KD (forward KL on the in-process teacher's full logits, off-policy): TRL's `GKDTrainer`
+    with lmbda = 0 and beta = 0 vs `stillwatch distill --loss kd --teacher DIR`.
+Both tools get the identical token ids (prompt + completion + eos, loss on the completion only), the same
+freshly initialised student (same preset and seed), AdamW (betas 0.9/0.98, weight decay 0.01), cosine
+schedule with the same warm-up, gradient clipping 1.0, batch size, steps and seed. Wall time covers
+training only; tokens/s counts completion tokens trained on. Accuracy is greedy, on held-out prompts.
+TRL is a benchmark-only dependency: `pip install -e .[bench]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from stillwatch.distill.data import RowSource  # noqa: E402
+from stillwatch.distill.run import DistillConfig, distill  # noqa: E402
+from stillwatch.evaluate import evaluate  # noqa: E402
+from stillwatch.harvest import HarvestStore, harvest, task_source, tokenizer_info  # noqa: E402
+from stillwatch.models import build_model, count_parameters, load_model  # noqa: E402
+from stillwatch.runinfo import run_info  # noqa: E402
+from stillwatch.tasks import REASONING_TASKS, TASK_NAMES, get_tasks  # noqa: E402
+from stillwatch.teach import teach  # noqa: E402
+from stillwatch.teachers.completion import SamplingParams  # noqa: E402
+from stillwatch.teachers.local import LocalTeacher  # noqa: E402
+
+SIZES = {  # rows harvested per task, steps, batch size, eval prompts per task
+    "full": dict(rows_per_task=1000, steps=600, batch_size=32, eval_n=200),
+    "smoke": dict(rows_per_task=24, steps=8, batch_size=8, eval_n=8),
+}
+LR, WARMUP = 3e-3, 30
+
+
+def ensure_teacher(path: Path, smoke: bool, seed: int) -> Path:
+    """The default teacher (runs/teacher-default, trained if missing), or a few-step tiny one for --smoke."""
+    if (path / "config.json").is_file():
+        return path
+    print(f"training teacher into {path} ...", flush=True)
+    teach(path, preset="tiny" if smoke else "default", seed=seed, steps=30 if smoke else None,
+          eval_n=10 if smoke else 200)
+    return path
+
+
+def harvest_store(teacher: LocalTeacher, path: Path, rows_per_task: int, seed: int, top_k: int = 0) -> Path:
+    """Greedy teacher completions for `rows_per_task` prompts of every task (resumes an existing store)."""
+    with HarvestStore(path, create=True) as store:
+        store.record_teacher(teacher.name, {"tokenizer": tokenizer_info(teacher.tokenizer)})
+        harvest(teacher, task_source(list(TASK_NAMES), rows_per_task, seed), store,
+                SamplingParams(max_tokens=96, temperature=0.0, seed=seed, top_logprobs=top_k),
+                concurrency=256, progress=False)
+    return path
+
+
+def trl_dataset(store: Path, tokenizer):
+    """The store as pre-tokenized rows (input_ids + completion_mask): exactly the ids stillwatch trains on."""
+    from datasets import Dataset
+
+    source = RowSource(store, tokenizer, with_top=False)
+    rows = [source.row_at(i) for i in range(source.n)]  # epoch 0 order is a seeded shuffle; TRL reshuffles
+    source.close()
+    return Dataset.from_list([{"prompt": r.prompt,
+                               "input_ids": [*r.prompt_ids.tolist(), *r.completion_ids.tolist()],
+                               "completion_mask": [0] * len(r.prompt_ids) + [1] * len(r.completion_ids)}
+                              for r in rows])
+
+
+def trl_args(cls, out: Path, size: dict, seed: int, **extra):
+    return cls(output_dir=str(out), max_steps=size["steps"], per_device_train_batch_size=size["batch_size"],
+               learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP, weight_decay=0.01,
+               adam_beta1=0.9, adam_beta2=0.98, max_grad_norm=1.0, seed=seed, data_seed=seed, use_cpu=True,
+               bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=50,
+               dataloader_num_workers=0, disable_tqdm=True, max_length=256, **extra)
+
+
+class _Timer:
+    """Training wall time and completion tokens, from TRL's own step callbacks."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, *a, **k):
+                outer.began = time.perf_counter()
+
+            def on_train_end(self, *a, **k):
+                outer.seconds = time.perf_counter() - outer.began
+
+        self.callback, self.began, self.seconds = Callback(), 0.0, 0.0
+
+
+def run_trl_sft(student, tokenizer, dataset, out: Path, size: dict, seed: int) -> dict:
+    from trl import SFTConfig, SFTTrainer
+
+    timer = _Timer()
+    args = trl_args(SFTConfig, out, size, seed, completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(model=student, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[timer.callback])
+    trainer.train()
+    return {"seconds": timer.seconds}
+
+
+def run_trl_gkd(student, teacher_model, tokenizer, dataset, out: Path, size: dict, seed: int) -> dict:
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    timer = _Timer()
+    # lmbda = 0: never on-policy (pure supervised KD); beta = 0: forward KL(teacher || student); T = 1.
+    args = trl_args(GKDConfig, out, size, seed, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False)
+    trainer = GKDTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, callbacks=[timer.callback])
+    trainer.train()
+    return {"seconds": timer.seconds}
+
+
+def accuracy(model, tokenizer, eval_n: int) -> dict:
+    report = evaluate(LocalTeacher(model.eval(), tokenizer), get_tasks(list(TASK_NAMES)), n=eval_n, latency_samples=0)
+    return {name: r["accuracy"] for name, r in report["tasks"].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a minute not fifteen")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default runs/teacher-default)")
+    args = parser.parse_args()
+    size = SIZES["smoke" if args.smoke else "full"]
+    torch.manual_seed(args.seed)
+
+    work = ROOT / "runs" / ("bench-vs-trl-smoke" if args.smoke else "bench-vs-trl")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    teacher_dir = ensure_teacher(args.teacher or ROOT / "runs" / ("teacher-smoke" if args.smoke else "teacher-default"),
+                                 args.smoke, args.seed)
+    teacher = LocalTeacher.from_dir(teacher_dir)
+    tokenizer = teacher.tokenizer
+    store = harvest_store(teacher, work / "harvest.db", size["rows_per_task"], args.seed)
+    dataset = trl_dataset(store, tokenizer)
+    completion_tokens = sum(sum(m) for m in dataset["completion_mask"])
+    mean_completion = completion_tokens / len(dataset)
+    trained_tokens = size["steps"] * size["batch_size"] * mean_completion  # both tools see steps x batch rows
+    student_preset = "student-tiny" if args.smoke else "student"
+
+    results: dict[str, dict] = {}
+    jobs = [("sft", "stillwatch"), ("sft", "trl"), ("kd-whitebox", "stillwatch"), ("kd-whitebox", "trl")]
+    for job, tool in jobs:
+        print(f"== {job} / {tool}", flush=True)
+        out = work / f"{job}-{tool}"
+        if tool == "stillwatch":
+            cfg = DistillConfig(loss="sft" if job == "sft" else "kd", divergence="forward", steps=size["steps"],
+                                batch_size=size["batch_size"], lr=LR, warmup=WARMUP, seed=args.seed,
+                                checkpoint_every=10**9, log_every=50)
+            card = distill(store, out, cfg, preset=student_preset, teacher=teacher_dir if job != "sft" else None,
+                           progress=False)
+            model, _ = load_model(out)
+            row = {"seconds": card["train"]["seconds"], "final_loss": card["train"]["final_loss"],
+                   "tokens_trained": card["train"]["tokens"]}
+        else:
+            model = build_model(student_preset, tokenizer, seed=args.seed)  # the same initial weights
+            if job == "sft":
+                row = run_trl_sft(model, tokenizer, dataset, out, size, args.seed)
+            else:
+                teacher_model, _ = load_model(teacher_dir)
+                row = run_trl_gkd(model, teacher_model, tokenizer, dataset, out, size, args.seed)
+            row["tokens_trained"] = round(trained_tokens)
+        row["tokens_per_s"] = row["tokens_trained"] / row["seconds"] if row["seconds"] else None
+        row["accuracy"] = accuracy(model, tokenizer, size["eval_n"])
+        row["reasoning_accuracy"] = sum(row["accuracy"][t] for t in REASONING_TASKS) / len(REASONING_TASKS)
+        row["parameters"] = count_parameters(model)
+        results[f"{job}/{tool}"] = row
+        print(json.dumps({k: v for k, v in row.items() if k != "accuracy"}), flush=True)
+
+    comparison = {}
+    for job in ("sft", "kd-whitebox"):
+        ours, theirs = results[f"{job}/stillwatch"], results[f"{job}/trl"]
+        comparison[job] = {"speedup": theirs["seconds"] / ours["seconds"],
+                           "accuracy_delta": ours["reasoning_accuracy"] - theirs["reasoning_accuracy"],
+                           "at_least_as_accurate": ours["reasoning_accuracy"] >= theirs["reasoning_accuracy"] - 0.01,
+                           "at_least_1_5x_faster": theirs["seconds"] / ours["seconds"] >= 1.5}
+    import trl
+
+    result = {
+        "benchmark": "vs_trl",
+        **run_info(args.seed),
+        "smoke": args.smoke,
+        "sizes": {**size, "rows": len(dataset), "student_preset": student_preset, "lr": LR, "warmup": WARMUP,
+                  "teacher": str(teacher_dir.relative_to(ROOT) if teacher_dir.is_relative_to(ROOT) else teacher_dir),
+                  "mean_completion_tokens": mean_completion},
+        "versions": {"trl": trl.__version__, "torch": torch.__version__},
+        "results": results,
+        "comparison": comparison,
+        "notes": "accuracy tolerance for 'at least as accurate' is 1 point of mean reasoning accuracy (eval noise)",
+    }
+    out = ROOT / "bench" / "results" / ("vs_trl-smoke.json" if args.smoke else "vs_trl.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    tasks = list(TASK_NAMES)
+    print(f"\n{'job / tool':<26}{'wall s':>9}{'tok/s':>10}" + "".join(f"{t:>8}" for t in tasks))
+    for name, row in results.items():
+        print(f"{name:<26}{row['seconds']:>9.1f}{row['tokens_per_s']:>10.0f}"
+              + "".join(f"{row['accuracy'][t]:>8.1%}" for t in tasks))
+    for job, c in comparison.items():
+        print(f"{job}: stillwatch {c['speedup']:.2f}x faster, reasoning accuracy {c['accuracy_delta']:+.1%}")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
