@@ -39,16 +39,35 @@ def gw(tiny_teacher, tmp_path_factory):
     engine = make_engine(db)
     upgrade(engine)
     store = AccountStore(engine)
-    keys = {name: store.create_key(name)[1] for name in ("alice", "bob", "tight", "small", "victim")}
+    keys = {name: store.create_key(name)[1] for name in ("alice", "bob", "tight", "small", "victim", "mallory")}
     settings = GuardSettings(teacher=tiny_teacher, db_url=db, admin_key=ADMIN, quotas_file=root / "quotas.toml",
                              max_n=4, max_tokens_limit=64, max_body_bytes=20_000, batch_wait_ms=20)
     from stillwatch.guard.app import create_app
+    from stillwatch.guard.backends import LocalBackend
+    from stillwatch.guard.hooks import ForensicsHooks
+    from stillwatch.teachers.local import LocalTeacher
 
-    app = create_app(settings)
+    # The degrade hook is a stand-in for antidistillation sampling that is easy to see: it forces one token.
+    teacher = LocalTeacher.from_dir(tiny_teacher, max_batch=settings.max_batch)
+    forced = teacher.tokenizer.convert_tokens_to_ids("7")
+    backend = LocalBackend(teacher, settings, ForensicsHooks(degrade=(ForceToken(forced),)))
+    app = create_app(settings, backend=backend)
     with ServerThread(app) as server:
         yield {"server": server, "keys": keys, "store": store, "engine": engine, "db_file": root / "guard.db",
                "app": app}
     engine.dispose()
+
+
+class ForceToken:
+    """A logits processor that leaves one token possible."""
+
+    def __init__(self, token_id: int):
+        self.token_id = token_id
+
+    def __call__(self, input_ids, scores):
+        out = scores.clone().fill_(-float("inf"))
+        out[:, self.token_id] = 0.0
+        return out
 
 
 def client(gw, who: str = "alice", **kwargs) -> openai.OpenAI:
@@ -305,3 +324,58 @@ def test_proxy_mode_forwards_streams_and_errors(gw, tmp_path):
             chat(openai.OpenAI(base_url=proxy.base, api_key=key, max_retries=0))
         assert err.value.status_code == 502
     engine.dispose()
+
+
+def test_degraded_account_gets_the_degrade_processor(gw):
+    store = gw["store"]
+    store.set_degraded("mallory", True)
+    try:
+        degraded = chat(client(gw, "mallory"), max_tokens=6, temperature=1.0).choices[0].message.content
+        normal = chat(client(gw, "alice"), max_tokens=6, temperature=1.0).choices[0].message.content
+    finally:
+        store.set_degraded("mallory", False)
+    assert degraded == "777777" and normal != "777777"
+    assert chat(client(gw, "mallory"), max_tokens=6, temperature=0).choices[0].message.content != "777777"
+    decisions = [r["decision"] for r in audit_query(gw["engine"], account="mallory", limit=5)]
+    assert decisions[-1] == "degrade" and decisions[0] == "allow"
+
+
+def test_watermark_hook_builds_the_keyed_processor(tiny_teacher):
+    from stillwatch.guard.hooks import load_hooks
+    from stillwatch.teachers.local import LocalTeacher
+
+    teacher = LocalTeacher.from_dir(tiny_teacher)
+    assert load_hooks(GuardSettings(teacher=tiny_teacher), teacher).processors(False) == ()
+    hooks = load_hooks(GuardSettings(teacher=tiny_teacher, watermark_key="s3cret"), teacher)
+    (processor,) = hooks.processors(False)
+    assert type(processor).__name__ == "KeyedWatermarkProcessor"
+
+
+def test_batcher_groups_concurrent_jobs_by_key():
+    from stillwatch.guard.batching import Batcher
+
+    calls: list[tuple[object, list]] = []
+
+    def run(key, payloads):
+        calls.append((key, list(payloads)))
+        if key == "boom":
+            raise ValueError("bad group")
+        return [p * 10 for p in payloads]
+
+    async def go():
+        batcher = Batcher(run, max_batch=64, wait_ms=50)
+        await batcher.start()
+        try:
+            jobs = [batcher.submit("a", i) for i in range(6)] + [batcher.submit("b", 100)]
+            boom = asyncio.ensure_future(batcher.submit("boom", 1))
+            results = await asyncio.gather(*jobs)
+            with pytest.raises(ValueError):
+                await boom
+            return results, await batcher.submit("a", 7)  # the worker survived the failing group
+        finally:
+            await batcher.stop()
+
+    results, later = asyncio.run(go())
+    assert results == [0, 10, 20, 30, 40, 50, 1000] and later == 70
+    # One call per key for everything that arrived together; order within a group is arrival order.
+    assert len(calls) == 4 and dict(calls[:3]) == {"a": [0, 1, 2, 3, 4, 5], "b": [100], "boom": [1]}

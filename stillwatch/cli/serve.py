@@ -48,6 +48,8 @@ def serve(
                                                   help="How long to gather a batch (local backend)."),
     torch_threads: Optional[int] = typer.Option(None, "--torch-threads", min=1,
                                                 help="torch intra-op threads for --teacher (default: torch's)."),
+    antidistill_proxy: Optional[Path] = typer.Option(
+        None, "--antidistill-proxy", help="Proxy student for antidistillation sampling of degraded accounts."),
     antidistill_all: bool = typer.Option(False, "--antidistill-all",
                                          help="Antidistillation sampling for every account, not only degraded ones."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
@@ -69,7 +71,8 @@ def serve(
              "watermark_key": _secret(watermark_key_file, "watermark key"),
              "upstream_api_key": _secret(upstream_key_file, "upstream key"), "quotas_file": quotas,
              "rate_limit_storage": rate_limit_storage, "served_model_name": served_model_name,
-             "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "torch_threads": torch_threads, "antidistill_all": antidistill_all or None}
+             "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "torch_threads": torch_threads,
+             "antidistill_proxy": antidistill_proxy, "antidistill_all": antidistill_all or None}
     try:
         settings = GuardSettings(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:  # pydantic's ValidationError, e.g. a malformed STILLWATCH_* variable

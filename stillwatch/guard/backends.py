@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, AsyncIterator, Hashable, Iterable, Protocol
 
+from stillwatch.errors import StillwatchError
 from stillwatch.guard import render
 from stillwatch.guard.batching import Batcher
 from stillwatch.guard.errors import APIError, bad_request
@@ -103,7 +104,13 @@ class LocalBackend:
         if not (degraded or self.settings.antidistill_all):
             return tuple(self.hooks.always)
         if self._degraded is None:  # built once, off the event loop (it may load a proxy student)
-            self._degraded = await asyncio.to_thread(lambda: self.hooks.processors(True))
+            try:
+                self._degraded = await asyncio.to_thread(lambda: self.hooks.processors(True))
+            except StillwatchError as exc:
+                # Serving a degraded account clean traces would defeat the point: refuse instead.
+                log.error("antidistillation sampling unavailable: %s", exc)
+                raise APIError(503, "Sampling for this account is unavailable right now.", type="server_error",
+                               code="degrade_unavailable") from None
         return self._degraded
 
     async def _generate(self, prompts: list[str], params: SamplingParams, degraded: bool) -> list[list[Completion]]:
@@ -434,4 +441,7 @@ def make_backend(settings: GuardSettings) -> Backend:
 
         torch.set_num_threads(settings.torch_threads)  # process-wide, which is what a server process wants
     teacher = LocalTeacher.from_dir(settings.teacher, max_batch=settings.max_batch)
-    return LocalBackend(teacher, settings, load_hooks(settings, teacher))
+    hooks = load_hooks(settings, teacher)
+    if settings.antidistill_all or settings.antidistill_proxy is not None:
+        hooks.processors(True)  # configured: build it now, so that a misconfiguration stops the start
+    return LocalBackend(teacher, settings, hooks)
