@@ -19,6 +19,7 @@ through each (the cache is dropped whenever a new batch starts).
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ class _CachedLM:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int):
         self.model, self.pad = model, pad_token_id
+        # transformers 5.x renamed `past_key_values` to `cache`; speak whichever this version knows.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache: DynamicCache | None = None
         self.seen: torch.Tensor | None = None
 
@@ -96,11 +99,11 @@ class _CachedLM:
                    and self.seen.shape[1] + 1 == input_ids.shape[1] and torch.equal(self.seen, input_ids[:, :-1]))
         if extends:
             out = self.model(input_ids=input_ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                             past_key_values=self.cache, use_cache=True)
+                             use_cache=True, **{self._cache_arg: self.cache})
         else:
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=DynamicCache(), use_cache=True)
-        self.cache, self.seen = out.past_key_values, input_ids
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **{self._cache_arg: DynamicCache()})
+        self.cache, self.seen = getattr(out, self._cache_arg), input_ids
         return out.logits[:, -1].float().log_softmax(-1)
 
 
