@@ -282,6 +282,10 @@ def test_audit_is_committed_before_the_last_byte(gw):
     assert mine and mine[0]["completion"] == text and mine[0]["status"] == 200
     assert mine[0]["endpoint"] == "/v1/chat/completions" and mine[0]["params"]["max_tokens"] == 5
     assert mine[0]["key_id"] == gw["keys"]["bob"].split("-")[1]
+    # The response's x-request-id names its audit record.
+    r = httpx.post(gw["server"].base + "/chat/completions", headers={"Authorization": f"Bearer {gw['keys']['bob']}"},
+                   json={"model": "stillwatch", "messages": [{"role": "user", "content": marker}], "max_tokens": 2})
+    assert r.headers["x-request-id"] in {row["request_id"] for row in audit_query(gw["engine"], account="bob")}
     # Refusals are audited too, and no raw key is ever written.
     blocked = [r for r in audit_query(gw["engine"], account="victim", limit=50) if r["status"] == 403]
     assert blocked and blocked[0]["decision"] == "block"

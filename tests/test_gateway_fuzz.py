@@ -33,6 +33,7 @@ def test_no_server_errors_under_fuzzing(tiny_teacher, tmp_path):
     schema = schemathesis.openapi.from_dict(app.openapi())
     failures: list[tuple[str, int, str]] = []
     seen: dict[tuple[str, int], int] = {}
+    counter = [0]
     with ServerThread(app) as server:
         for result in schema.get_all_operations():
             op = result.ok()
@@ -42,9 +43,10 @@ def test_no_server_errors_under_fuzzing(tiny_teacher, tmp_path):
                           suppress_health_check=list(HealthCheck))
                 @given(case=op.as_strategy(generation_mode=mode))
                 def run(case) -> None:
-                    # Half the valid bodies name the served model, so they reach the backend, not a 404.
+                    # Every other valid body names the served model, so it reaches the backend, not a 404.
+                    counter[0] += 1
                     if mode is GenerationMode.POSITIVE and isinstance(case.body, dict) and "model" in case.body \
-                            and hash(repr(case.body)) % 2:
+                            and counter[0] % 2:
                         case.body["model"] = "stillwatch"
                     response = case.call(base_url=server.url, headers=auth, timeout=60)
                     where = (op.path, response.status_code)
@@ -58,6 +60,7 @@ def test_no_server_errors_under_fuzzing(tiny_teacher, tmp_path):
                     pass
         assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     engine.dispose()
+    print(sorted(seen.items()))
     assert not failures, failures[:5]
     # The run reached the model and was refused for bad input, on both generation endpoints.
     for path in ("/v1/chat/completions", "/v1/completions"):

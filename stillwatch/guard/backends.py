@@ -118,7 +118,10 @@ class LocalBackend:
         # Requests batch only with the same parameters and processors (a degraded account's requests get
         # their own group); a seeded request runs alone, so its result never depends on its batch-mates.
         key: Hashable = ("gen", params, processors, object() if params.seed is not None else None)
-        return await self.batcher.submit(key, (prompts, processors), size=len(prompts) * params.n)
+        try:
+            return await self.batcher.submit(key, (prompts, processors), size=len(prompts) * params.n)
+        except StillwatchError as exc:  # e.g. a token-id prompt that re-tokenizes past the context window
+            raise bad_request(str(exc), code="context_length_exceeded") from None
 
     async def _score(self, ids: list[int], k: int) -> render.PromptScores:
         return await self.batcher.submit(("score", k), ids, size=1)

@@ -83,9 +83,10 @@ async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool)
         except Exception:  # noqa: BLE001
             log.exception("audit write failed")
             raise _unaudited() from None
-        return Response(_json(result.body), media_type="application/json")
+        return Response(_json(result.body), media_type="application/json",
+                        headers={"x-request-id": call.request_id})
     return StreamingResponse(_sse(gw, call, result, include_usage, decision), media_type="text/event-stream",
-                             headers=SSE_HEADERS)
+                             headers={**SSE_HEADERS, "x-request-id": call.request_id})
 
 
 async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, decision: str) -> AsyncIterator[bytes]:
