@@ -8,16 +8,14 @@ teacher, mixed with harvested data by lambda). The output is a normal HF model d
 from __future__ import annotations
 
 import json
-import platform
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.data import IGNORE
@@ -26,7 +24,8 @@ from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss
                                        token_reverse_kl_loss)
 from stillwatch.distill.onpolicy import EndpointScorer, LocalScorer, is_on_policy_step, on_policy_batch
 from stillwatch.errors import ConfigError, ModelDirError, TokenizerMismatchError
-from stillwatch.models import build_model, count_parameters, load_model, save_model
+from stillwatch.models import MODEL_CARD, build_model, count_parameters, load_model, save_model
+from stillwatch.runinfo import run_info
 from stillwatch.train import Batch, TrainConfig, train, unwrap
 
 RUN_DIR = "_run"
@@ -142,6 +141,11 @@ def _store_fingerprint(meta: dict) -> str | None:
     return None
 
 
+def _save_card(tokenizer: PreTrainedTokenizerBase, out: Path, card: dict) -> None:
+    tokenizer.save_pretrained(out)
+    (out / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+
+
 def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillConfig | None = None, *,
             preset: str = "student", init: str | Path | None = None, teacher: str | Path | None = None,
             endpoint: str | None = None, api_key: str | None = None, served_model: str = "stillwatch",
@@ -246,6 +250,8 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
     source.close()
 
     model = unwrap(accelerator.unwrap_model(student))
+    info = run_info(cfg.seed, command)
+    info["machine"]["processes"] = accelerator.num_processes
     card = {
         "kind": "stillwatch-student",
         "loss": cfg.loss,
@@ -261,13 +267,17 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "train": {k: v for k, v in result.to_dict().items() if k != "losses"},
         "loss_curve": result.losses,
-        "seed": cfg.seed,
-        "command": command or " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__,
-                    "processes": accelerator.num_processes},
+        **info,
     }
+    # Under FSDP or DeepSpeed ZeRO-3 the weights are sharded: gather a full state dict on every rank first.
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state = accelerator.get_state_dict(student) if sharded else None
     if accelerator.is_main_process:
-        save_model(model, tokenizer, out, card)
+        if state is None:
+            save_model(model, tokenizer, out, card)
+        else:
+            model.save_pretrained(out, state_dict=state, safe_serialization=True)
+            _save_card(tokenizer, out, card)
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     return card
