@@ -29,10 +29,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Teachers. `default` is the demo's teacher; `tiny` trains in about a minute, for tests.
-    "default": Preset(hidden=128, layers=4, heads=4, intermediate=352),
+    "default": Preset(hidden=96, layers=3, heads=4, intermediate=256),
     "tiny": Preset(hidden=64, layers=2, heads=4, intermediate=176),
     # Students, sized against the default teacher (about 1/10 of its parameters).
-    "student": Preset(hidden=48, layers=2, heads=4, intermediate=128, tie_embeddings=True),
+    "student": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True),
     "student-tiny": Preset(hidden=32, layers=1, heads=2, intermediate=96, tie_embeddings=True),
 }
 

@@ -39,6 +39,9 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures and usage errors become one line on stderr and exit code 2."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own rich bars say what is happening; weight loading needs none
     try:
         app(args=argv, standalone_mode=False)
     except StillwatchError as exc:

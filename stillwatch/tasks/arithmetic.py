@@ -112,7 +112,7 @@ def _apply(value: int, op: str, operand: int) -> int:
 class ModularChain(_ExactAnswerTask):
     """`chain: 7+5*3-2` (left to right, mod 10) -> `7+5=2 2*3=6 6-2=4 -> 4`: multi-step word-free arithmetic."""
 
-    steps: int = 6
+    steps: int = 5
     name: str = "chain"
 
     def __post_init__(self) -> None:
