@@ -62,9 +62,13 @@ def test_upgrade_empty_sqlite(db_url: str, tmp_path: Path) -> None:
     _assert_schema_at_head(engine)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: survives any process kill
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+    with make_engine(db_url, "full").connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    with pytest.raises(ConfigError):
+        make_engine(db_url, "off")
 
 
 def test_upgrade_empty_postgres() -> None:

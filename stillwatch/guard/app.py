@@ -34,7 +34,7 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
         raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
     if settings.max_body_bytes < 1 or settings.max_n < 1 or settings.max_batch < 1:
         raise ConfigError("max_body_bytes, max_n and max_batch must be positive")
-    engine = make_engine(settings.db_url)
+    engine = make_engine(settings.db_url, settings.sqlite_synchronous)
     store, audit = AccountStore(engine), AuditLog(engine, settings)
     quotas = Quotas(settings.rate_limit_storage, settings.quotas_file)
     metrics = Metrics()

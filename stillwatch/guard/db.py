@@ -1,8 +1,10 @@
 """The guard's database: an engine for a SQLite file (the embedded default) or PostgreSQL, and migrations.
 
-SQLite runs in WAL mode with `synchronous=FULL`: every commit is fsynced, so a record the gateway said was
-written survives a SIGKILL and a power cut. The cost is one fsync per transaction, and the audit log's group
-commit (audit.py) spreads that one fsync over every record of a batch. `busy_timeout` lets the gateway, the
+SQLite runs in WAL mode. With `synchronous=NORMAL` (the default) a commit is in the WAL before it returns, so
+a record the gateway said was written survives a SIGKILL or crash of the process; only a power cut can take
+the last commits. `synchronous=FULL` (`STILLWATCH_SQLITE_SYNCHRONOUS=FULL`) fsyncs every commit and survives a
+power cut too, at one fsync per transaction, which the audit log's group commit (audit.py) spreads over every
+record of a batch. `busy_timeout` lets the gateway, the
 CLI and a second process share one file. Several gateway replicas share PostgreSQL instead (by URL).
 """
 
@@ -34,15 +36,21 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`: a SQLite file (WAL, synchronous=FULL, busy_timeout, foreign keys) or PostgreSQL."""
+SYNCHRONOUS_MODES = ("NORMAL", "FULL")
+
+
+def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
+    """An engine for `url`: a SQLite file (WAL, `synchronous`, busy_timeout, foreign keys) or PostgreSQL."""
+    synchronous = synchronous.upper()
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise ConfigError(f"SQLite synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}")
     url = normalize_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(f"not a database URL: {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed.database or "")
+        return _sqlite_engine(parsed.database or "", synchronous)
     if parsed.get_backend_name() == "postgresql":
         try:
             return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -51,7 +59,7 @@ def make_engine(url: str) -> Engine:
     raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
 
 
-def _sqlite_engine(database: str) -> Engine:
+def _sqlite_engine(database: str, synchronous: str) -> Engine:
     memory = database in ("", ":memory:")
     if memory:  # one shared connection, or every thread would see its own empty database
         engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -67,7 +75,7 @@ def _sqlite_engine(database: str) -> Engine:
         cursor = dbapi_conn.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

@@ -27,6 +27,8 @@ class GuardSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     db_url: str = Field(DEFAULT_DB_URL, validation_alias="STILLWATCH_DB")
+    # NORMAL survives any kill of the process (the audit contract); FULL also survives a power cut.
+    sqlite_synchronous: str = "NORMAL"
     admin_key: SecretStr | None = None
     # "memory://" for one replica; "redis://127.0.0.1:6379" to share limits across replicas.
     rate_limit_storage: str = "memory://"
