@@ -2,6 +2,8 @@
 
     python bench/teacher.py            # full: default teacher, the numbers the README quotes
     python bench/teacher.py --smoke    # tiny sizes, to keep the script working in CI
+    python bench/teacher.py --reuse DIR   # take a teacher that `stillwatch teach` already trained (its card
+                                          # holds the accuracy and the train time teach measured)
 
 The teacher is also left in runs/teacher-default for the other benchmarks and the demo.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stillwatch.models import read_card  # noqa: E402
 from stillwatch.runinfo import run_info  # noqa: E402
 from stillwatch.tasks import REASONING_TASKS  # noqa: E402
 from stillwatch.teach import teach  # noqa: E402
@@ -29,18 +32,25 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds not minutes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-n", type=int, default=500)
+    parser.add_argument("--reuse", type=Path, help="a teacher directory trained by `stillwatch teach`")
     args = parser.parse_args()
 
     runs = ROOT / "runs"
     teacher_dir = runs / ("teacher-smoke" if args.smoke else "teacher-default")
     student_dir = runs / ("answers-only-smoke" if args.smoke else "answers-only-student")
-    for d in (teacher_dir, student_dir):
+    for d in (student_dir,) if args.reuse and args.reuse.resolve() == teacher_dir.resolve() else (teacher_dir, student_dir):
         shutil.rmtree(d, ignore_errors=True)
     preset, student_preset = ("tiny", "student-tiny") if args.smoke else ("default", "student")
     steps = 30 if args.smoke else None
     eval_n = 20 if args.smoke else args.eval_n
 
-    teacher = teach(teacher_dir, preset=preset, seed=args.seed, steps=steps, eval_n=eval_n, progress=True)
+    if args.reuse:
+        if args.reuse.resolve() != teacher_dir.resolve():
+            shutil.copytree(args.reuse, teacher_dir)
+        teacher = read_card(teacher_dir)
+        preset, eval_n = teacher["preset"], teacher.get("eval_n", 200)
+    else:
+        teacher = teach(teacher_dir, preset=preset, seed=args.seed, steps=steps, eval_n=eval_n, progress=True)
     # The same number of steps and batches on ground-truth answers without the trace.
     student = teach(student_dir, preset=student_preset, seed=args.seed, steps=teacher["train"]["steps"],
                     answers_only=True, eval_n=eval_n, progress=True, tokenizer_from=teacher_dir)
@@ -52,7 +62,8 @@ def main() -> None:
         "smoke": args.smoke,
         "teacher": {"preset": preset, "parameters": teacher["parameters"], "accuracy": teacher["accuracy"],
                     "train_seconds": round(teacher["train"]["seconds"], 1), "steps": teacher["train"]["steps"],
-                    "batch_size": teacher["train"]["batch_size"], "eval_n": eval_n},
+                    "batch_size": teacher["train"]["batch_size"], "eval_n": eval_n,
+                    "trained_by": teacher["command"], "machine": teacher.get("machine")},
         "answers_only_student": {"preset": student_preset, "parameters": student["parameters"],
                                  "parameter_ratio": student["parameters"] / teacher["parameters"],
                                  "accuracy": student["accuracy"],

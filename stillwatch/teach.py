@@ -22,12 +22,12 @@ from stillwatch.tokenizer import load_tokenizer, train_tokenizer
 from stillwatch.train import BatchFn, TrainConfig, train
 
 RUN_DIR = "_run"
-MIX_WEIGHTS = {"add": 2, "mul": 3, "chain": 3, "story": 2}
+MIX_WEIGHTS = {"add": 2, "mul": 3, "chain": 3, "story": 3}
 # Steps and batch size per teacher preset: `tiny` is for tests (about a minute), `default` for the demo.
 SCHEDULES: dict[str, tuple[TrainConfig, int]] = {
     "tiny": (TrainConfig(steps=250, lr=4e-3, warmup=20, checkpoint_every=50), 32),
     # Small batches, many steps: the digit lookups are learnt per update, not per example.
-    "default": (TrainConfig(steps=7000, lr=3e-3, warmup=100, checkpoint_every=500, log_every=50), 16),
+    "default": (TrainConfig(steps=8000, lr=3e-3, warmup=100, checkpoint_every=500, log_every=50), 16),
 }
 
 
@@ -83,6 +83,7 @@ def teach(out: str | Path, preset: str = "default", seed: int = 0, steps: int | 
         "parameters": count_parameters(model),
         "tasks": list(task_names),
         "accuracy": {name: r["accuracy"] for name, r in report["tasks"].items()},
+        "eval_n": eval_n,
         "train": {**result.to_dict(), "batch_size": batch_size, "config": asdict(config)},
         **run_info(seed, command),
     }
