@@ -57,16 +57,17 @@ class Sizes:
     student_steps: int = 500
     closed_prompts: int = 300
     closed_samples: int = 4
-    ad_train: int = 1200
+    ad_train: int = 1500
     ad_lambdas: tuple[float, ...] = (1.0, 3.0, 10.0)
     ad_temperatures: tuple[float, ...] = (1.3, 1.6, 2.0)
     ad_eval_n: int = 100
     proxy_steps: int = 300
+    ad_student_steps: int = 600
 
 
 SMOKE = Sizes(detect_texts=60, fpr_texts=1000, eval_n=30, deltas=(2.0,), radio_total=300, fractions=(0.05, 1.0),
               student_steps=60, closed_prompts=40, closed_samples=2, ad_train=120, ad_lambdas=(3.0,),
-              ad_temperatures=(1.6,), ad_eval_n=20, proxy_steps=40)
+              ad_temperatures=(1.6,), ad_eval_n=20, proxy_steps=40, ad_student_steps=60)
 
 
 def teacher_dir() -> Path:
@@ -231,7 +232,7 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
         params = SamplingParams(max_tokens=96, temperature=temperature, seed=seed + 42)
         texts = normal if (lam == 0 and temperature == 1.0) else \
             [o[0].text for o in teacher.generate(prompts, params, extra_processors=extra)]
-        student = train_student(tok, prompts, texts, seed, sizes.student_steps)
+        student = train_student(tok, prompts, texts, seed, sizes.ad_student_steps)
         report = evaluate(LocalTeacher(student, tok), tasks, n=sizes.ad_eval_n, latency_samples=0)
         student_acc = statistics.mean(r["accuracy"] for r in report["tasks"].values())
         return {"label": label, "temperature": temperature, "lambda": lam,
@@ -243,7 +244,7 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
     rows += [condition(f"antidistill λ={lam:g}", 1.0, lam) for lam in sizes.ad_lambdas]
     rows += [condition(f"temperature {t:g}", t, 0.0) for t in sizes.ad_temperatures]
     return {"rows": rows, "train_traces": len(prompts), "proxy": "student preset, "
-            f"{sizes.proxy_steps} steps on normal traces", "epsilon": 1e-2, "student_steps": sizes.student_steps}
+            f"{sizes.proxy_steps} steps on normal traces", "epsilon": 1e-2, "student_steps": sizes.ad_student_steps}
 
 
 def _git_commit() -> str | None:
@@ -314,6 +315,11 @@ def main() -> None:
                [[x["label"], f"{x['teacher_accuracy']:.1%}", f"{x['student_accuracy']:.1%}"] for x in a["rows"]])
     out = ROOT / "bench" / "results" / ("forensics-smoke.json" if args.smoke else "forensics.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file() and set(parts) != {"detection", "radioactivity", "antidistill"}:
+        # a partial run updates its own parts and keeps the others' results
+        previous = json.loads(out.read_text())
+        seconds = {**previous.get("seconds", {}), **results["seconds"]}
+        results = {**previous, **results, "seconds": seconds}
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nwrote {out.relative_to(ROOT)}")
 
