@@ -45,7 +45,7 @@ from stillwatch.train import TrainConfig, train  # noqa: E402
 SIZES = {
     # Prompts per task at each harvest size (x4 apart, to read "a quarter of the tokens" off the table), one
     # optimiser budget for every student, and a short on-policy phase that starts from the kd student.
-    "full": dict(prompts=[96, 384], steps=1000, batch_size=32, lr=1e-2, eval_n=200, top_k=8,
+    "full": dict(prompts=[96, 384], steps=2000, batch_size=16, lr=1e-2, eval_n=200, top_k=8,
                  onpolicy_prompts=[96], onpolicy_steps=100, max_new_tokens=64),
     "smoke": dict(prompts=[8, 16], steps=6, batch_size=8, lr=1e-2, eval_n=8, top_k=4, onpolicy_prompts=[8],
                   onpolicy_steps=3, max_new_tokens=32),

@@ -1,6 +1,6 @@
 """Benchmark: stillwatch distill against TRL on the same teacher data, student, steps and seed; writes vs_trl.json.
 
-    python bench/vs_trl.py            # full size (about 10-15 minutes on 2 CPU cores)
+    python bench/vs_trl.py            # full size (about 10 minutes on 2 shared CPU cores)
     python bench/vs_trl.py --smoke    # tiny sizes, to keep the script working in CI
 
 Two jobs, each run by both tools in this one process:
@@ -45,7 +45,7 @@ SIZES = {  # rows harvested per task, steps, batch size, eval prompts per task
     "full": dict(rows_per_task=1000, steps=600, batch_size=32, eval_n=200),
     "smoke": dict(rows_per_task=24, steps=8, batch_size=8, eval_n=8),
 }
-LR, WARMUP = 3e-3, 30
+LR, WARMUP = 1e-2, 30
 
 
 def ensure_teacher(path: Path, smoke: bool, seed: int) -> Path:
@@ -140,7 +140,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a minute not fifteen")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default runs/teacher-default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes on a shared box)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     size = SIZES["smoke" if args.smoke else "full"]
     torch.manual_seed(args.seed)
 
@@ -200,7 +202,7 @@ def main() -> None:
         "benchmark": "vs_trl",
         **run_info(args.seed),
         "smoke": args.smoke,
-        "sizes": {**size, "rows": len(dataset), "student_preset": student_preset, "lr": LR, "warmup": WARMUP,
+        "sizes": {**size, "rows": len(dataset), "threads": args.threads, "student_preset": student_preset, "lr": LR, "warmup": WARMUP,
                   "teacher": str(teacher_dir.relative_to(ROOT) if teacher_dir.is_relative_to(ROOT) else teacher_dir),
                   "mean_completion_tokens": mean_completion},
         "versions": {"trl": trl.__version__, "torch": torch.__version__},

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from stillwatch.cli import main
 from stillwatch.data import IGNORE
-from stillwatch.distill.data import BatchMaker, Row, RowSource, collate, encode_rows, shift
+from stillwatch.distill.data import (BatchMaker, Row, RowSource, collate, completion_start, encode_rows, forward_logits,
+                                     shift)
 from stillwatch.distill.losses import full_kd_loss, sparse_kd_loss
 from stillwatch.distill.onpolicy import LocalScorer
 from stillwatch.distill.run import DistillConfig, distill
@@ -65,8 +66,14 @@ def test_batches_align_labels_and_topk_with_the_teacher(teacher: LocalTeacher, r
     for beta in (0.0, 0.5, 1.0):
         loss, count = sparse_kd_loss(logits, t["topk_ids"], t["topk_logprobs"], t["topk_valid"], mask, beta)
         assert count > 50 and loss.item() / count.item() < 1e-4
+    # White-box: the scorer's logits start where the shortest prompt ends, as the student's do in training.
+    start = completion_start(batch)
+    assert 0 < start < min(len(e.prompt_ids) for e in encoded)
     scored = LocalScorer(teacher.model)(batch, encoded)
-    assert full_kd_loss(logits, scored["teacher_logits"][:, :-1], t["labels"] != IGNORE)[0].item() < 1e-3
+    student = forward_logits(teacher.model, batch, start)
+    labels = shift(batch, start)["labels"]
+    assert labels[labels != IGNORE].numel() == (t["labels"] != IGNORE).sum()  # no completion token is cut
+    assert full_kd_loss(student, scored["teacher_logits"][:, :-1], labels != IGNORE)[0].item() < 1e-3
     # And an untrained student is far from it.
     noise = torch.randn_like(logits)
     assert sparse_kd_loss(noise, t["topk_ids"], t["topk_logprobs"], t["topk_valid"], mask)[0].item() / count.item() > 0.5

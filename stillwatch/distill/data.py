@@ -147,13 +147,29 @@ def collate(rows: Sequence[EncodedRow], pad_id: int, max_length: int = 256, with
     return batch
 
 
-def shift(batch: Batch) -> Batch:
-    """Align targets with logits: position t of the result is what logits[:, t] predicts (token t + 1)."""
-    out = {"labels": batch["labels"][:, 1:]}
-    for key in ("topk_ids", "topk_logprobs", "topk_valid", "has_topk"):
+def completion_start(batch: Batch) -> int:
+    """The first position whose logits any loss needs: the last prompt token of the shortest prompt."""
+    if "prompt_mask" not in batch:
+        return 0
+    return max(0, int(batch["prompt_mask"].sum(1).min()) - 1)
+
+
+def shift(batch: Batch, start: int = 0) -> Batch:
+    """Align targets with logits: position t of the result is what logits[:, start + t] predicts (token start+t+1)."""
+    out = {"labels": batch["labels"][:, start + 1:]}
+    for key in ("topk_ids", "topk_logprobs", "topk_valid", "has_topk", "teacher_token_logprobs", "has_teacher_lp"):
         if key in batch:
-            out[key] = batch[key][:, 1:]
+            out[key] = batch[key][:, start + 1:]
     return out
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch, start: int = 0) -> torch.Tensor:
+    """Next-token logits for positions [start, L - 1): the prompt head is skipped (the LM head is a large share
+    of a small model's compute), and no KV cache is built during training."""
+    width = batch["input_ids"].shape[1]
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                logits_to_keep=width - start)
+    return out.logits[:, :-1]
 
 
 class RowSource:

@@ -52,8 +52,8 @@ def divergence_beta(divergence: Divergence, beta: float = 0.5) -> float:
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(P || Q) = sum_i p_i (log p_i - log q_i) over the last dimension, with 0 log 0 = 0."""
-    p = log_p.exp()
-    return (p * torch.where(p > 0, log_p - log_q, torch.zeros_like(log_p))).sum(-1)
+    # Clamping log(0) = -inf to NEG makes p_i = 0 exactly without 0 * inf = NaN; F.kl_div is the fused kernel.
+    return F.kl_div(log_q.clamp(min=NEG), log_p.clamp(min=NEG), reduction="none", log_target=True).sum(-1)
 
 
 def generalized_jsd(teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:

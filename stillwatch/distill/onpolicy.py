@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from stillwatch.distill.data import Batch, EncodedRow, collate
+from stillwatch.distill.data import Batch, EncodedRow, collate, completion_start
 from stillwatch.teachers.completion import ScoredText
 
 
@@ -104,10 +104,15 @@ class LocalScorer:
 
     @torch.no_grad()
     def __call__(self, batch: Batch, rows: Sequence[EncodedRow]) -> Batch:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         self.tokens_scored += int((batch["labels"] != -100).sum())
-        if not self.top_k:
+        if not self.top_k:  # full logits for the positions `distill_loss` reads (from completion_start on)
+            start = completion_start(batch)
+            width = batch["input_ids"].shape[1]
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                use_cache=False, logits_to_keep=width - start).logits.float()
             return {**batch, "teacher_logits": logits}
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            use_cache=False).logits.float()
         # logits[:, t] predicts token t+1; store it at t+1, where collate puts a harvested top k.
         values, ids = logits.log_softmax(-1).topk(self.top_k, dim=-1)
         pad_ids = torch.zeros_like(ids[:, :1])

@@ -19,7 +19,8 @@ from accelerate import Accelerator, DistributedType
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.data import IGNORE
-from stillwatch.distill.data import BatchMaker, RowSource, check_tokenizers, shift, tokenizer_fingerprint
+from stillwatch.distill.data import (BatchMaker, RowSource, check_tokenizers, completion_start, forward_logits, shift,
+                                     tokenizer_fingerprint)
 from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss, sparse_kd_loss,
                                        token_reverse_kl_loss)
 from stillwatch.distill.onpolicy import EndpointScorer, LocalScorer, is_on_policy_step, on_policy_batch
@@ -92,11 +93,12 @@ def distill_loss(model: torch.nn.Module, batch: Batch, beta: float, temperature:
     only), or none (sft). Positions without a teacher distribution, such as the end token of a harvested
     completion, fall back to cross-entropy on the teacher's sampled token; `ce_weight` adds that CE everywhere.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    tgt = shift(batch)
+    start = completion_start(batch)
+    logits = forward_logits(model, batch, start)
+    tgt = shift(batch, start)
     labels = tgt["labels"]
     mask = labels != IGNORE
-    if "teacher_logits" in batch:
+    if "teacher_logits" in batch:  # computed by LocalScorer for the same positions
         soft, _ = full_kd_loss(logits, batch["teacher_logits"][:, :-1], mask, beta, temperature)
         covered = mask
     elif "has_topk" in batch:
@@ -104,8 +106,8 @@ def distill_loss(model: torch.nn.Module, batch: Batch, beta: float, temperature:
         soft, _ = sparse_kd_loss(logits, tgt["topk_ids"], tgt["topk_logprobs"], tgt["topk_valid"], covered, beta,
                                  temperature)
     elif "teacher_token_logprobs" in batch:
-        covered = mask & batch["has_teacher_lp"][:, 1:]
-        soft, _ = token_reverse_kl_loss(logits, labels, batch["teacher_token_logprobs"][:, 1:], covered)
+        covered = mask & tgt["has_teacher_lp"]
+        soft, _ = token_reverse_kl_loss(logits, labels, tgt["teacher_token_logprobs"], covered)
     else:
         return _ce(logits, labels, mask), mask.sum()
     loss = soft + _ce(logits, labels, mask & ~covered)
