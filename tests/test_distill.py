@@ -16,7 +16,7 @@ from stillwatch.distill.data import (BatchMaker, Row, RowSource, collate, comple
                                      shift)
 from stillwatch.distill.losses import full_kd_loss, sparse_kd_loss
 from stillwatch.distill.onpolicy import LocalScorer
-from stillwatch.distill.run import DistillConfig, distill
+from stillwatch.distill.run import DistillConfig, distill, distill_loss
 from stillwatch.errors import ConfigError, TokenizerMismatchError
 from stillwatch.models import read_card
 from stillwatch.tasks import examples, get_task
@@ -183,3 +183,26 @@ def test_distill_refuses_to_overwrite_a_foreign_directory(store: Path, tmp_path:
     with pytest.raises(Exception, match="not an unfinished distillation run"):
         distill(store, tmp_path / "taken", DistillConfig(steps=1), progress=False)
     shutil.rmtree(tmp_path / "taken")
+
+
+def test_endpoint_scoring_matches_in_process_scoring(teacher: LocalTeacher, rows: list[Row]) -> None:
+    # EndpointScorer speaks the Teacher protocol's async `score` (OpenAITeacher: /v1/completions with echo);
+    # LocalTeacher implements the same protocol, so both views of the same tokens must agree.
+    from stillwatch.distill.onpolicy import EndpointScorer
+
+    encoded = encode_rows(teacher.tokenizer, rows[:4])
+    batch = collate(encoded, teacher.tokenizer.pad_token_id, with_topk=False)
+    local = LocalScorer(teacher.model, top_k=4)(batch, encoded)
+    remote_scorer = EndpointScorer(teacher, top_k=4)
+    remote = remote_scorer(batch, encoded)
+    torch.testing.assert_close(remote["has_topk"], local["has_topk"])
+    has = local["has_topk"]
+    torch.testing.assert_close(remote["topk_logprobs"][has], local["topk_logprobs"][has], atol=1e-4, rtol=0)
+    assert torch.equal(remote["topk_ids"][has][:, 0], local["topk_ids"][has][:, 0])
+    sampled_only = EndpointScorer(teacher, top_k=0)(batch, encoded)  # an endpoint without alternatives
+    assert sampled_only["has_teacher_lp"].sum() == has.sum() and (sampled_only["teacher_token_logprobs"] <= 0).all()
+    # The teacher as its own student: the per-token reverse-KL advantage log q - log p is zero everywhere.
+    with torch.no_grad():
+        loss, count = distill_loss(teacher.model, sampled_only, beta=1.0, temperature=1.0)
+    assert count > 20 and abs(loss.item()) / count.item() < 1e-4
+    remote_scorer.loop.close()
