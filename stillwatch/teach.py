@@ -22,12 +22,12 @@ from stillwatch.tokenizer import load_tokenizer, train_tokenizer
 from stillwatch.train import BatchFn, TrainConfig, train
 
 RUN_DIR = "_run"
-MIX_WEIGHTS = {"add": 2, "mul": 3, "chain": 3, "story": 3}
+MIX_WEIGHTS = {"add": 2, "mul": 3, "chain": 3, "story": 2}
 # Steps and batch size per teacher preset: `tiny` is for tests (about a minute), `default` for the demo.
 SCHEDULES: dict[str, tuple[TrainConfig, int]] = {
     "tiny": (TrainConfig(steps=250, lr=4e-3, warmup=20, checkpoint_every=50), 32),
     # Small batches, many steps: the digit lookups are learnt per update, not per example.
-    "default": (TrainConfig(steps=8000, lr=3e-3, warmup=100, checkpoint_every=500, log_every=50), 16),
+    "default": (TrainConfig(steps=7000, lr=3e-3, warmup=100, checkpoint_every=500, log_every=50), 16),
 }
 
 
