@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests run servers and subprocesses beside the test process: one torch thread each, or small CPUs thrash.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 # The files whose change must retrain the cached teacher.
 _TEACHER_SOURCES = ["tasks/base.py", "tasks/arithmetic.py", "tasks/story.py", "tokenizer.py", "models.py",
