@@ -130,10 +130,21 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Where the demo keeps its models."),
-    preset: str = typer.Option("tiny", "--preset", help="Teacher preset for the demo."),
+    workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Where the demo keeps its teacher and its run."),
+    preset: str = typer.Option("tiny", "--preset", help="Teacher preset: tiny (a few minutes) or default (the "
+                               "real teacher, trained once and reused)."),
+    quick: bool = typer.Option(False, "--quick", help="Smallest sizes (a smoke run; effects may not show)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for training, prompts and sampling."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON here."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Play the whole scenario on the embedded defaults (no GPU, no internet, loopback only)."""
+    """Play the whole story on the embedded defaults: teacher, gateway, harvest, student, block, proof.
+
+    No GPU, no internet: every server binds 127.0.0.1 and is shut down at the end. Exit code 1 when an act did
+    not show its effect.
+    """
     from stillwatch.demo import run_demo
 
-    run_demo(workdir, preset=preset)
+    result = run_demo(workdir, preset=preset, quick=quick, seed=seed, progress=progress, json_out=json_out)
+    if not result["passed"]:
+        raise SystemExit(1)  # typer.Exit would be swallowed by main()'s standalone_mode=False

@@ -1,0 +1,85 @@
+"""`stillwatch demo` end to end at its quick sizes, on the cached tiny teacher (so `teach` is skipped)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+from urllib.parse import urlparse
+
+import pytest
+from rich.console import Console
+
+from stillwatch.demo import DISTILLER, HONEST, SIZES, run_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_teacher, tmp_path_factory):
+    """One quick run of the whole scenario: its result and everything it printed."""
+    workdir = tmp_path_factory.mktemp("demo")
+    shutil.copytree(tiny_teacher, workdir / "teacher-tiny", ignore=shutil.ignore_patterns("_run"))
+    out = io.StringIO()
+    result = run_demo(workdir, preset="tiny", console=Console(file=out, width=160), quick=True, progress=False,
+                      json_out=workdir / "summary.json")
+    return result, out.getvalue(), workdir
+
+
+def test_the_teacher_is_reused_and_every_act_reports(demo):
+    result, printed, workdir = demo
+    assert "reusing the teacher" in printed
+    assert [s["act"][:2] for s in result["steps"]] == ["1.", "2.", "3.", "4.", "5.", "6."]
+    assert "Summary" in printed and str(workdir / "run") in printed
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == result["steps"]
+    assert json.loads((workdir / "run" / "demo.json").read_text())["passed"] == result["passed"]
+
+
+def test_harvest_through_the_gateway_is_audited_per_account(demo):
+    result, _, _ = demo
+    numbers, quick = result["numbers"], SIZES["quick"]
+    harvest = numbers["harvest"]
+    assert harvest["rows"] > 0
+    assert harvest["rows"] == harvest["requests"] - quick.story_prompts + quick.story_prompts * quick.story_samples
+    audit = harvest["audit"]
+    assert audit[DISTILLER]["requests"] == harvest["requests"] and audit[DISTILLER]["refused"] == 0
+    assert audit[DISTILLER]["completion_tokens"] == harvest["completion_tokens"]
+    assert audit[HONEST]["requests"] == quick.honest_requests == numbers["honest_requests"]
+
+
+def test_block_gives_permission_denied_and_the_honest_user_still_gets_answers(demo):
+    result, printed, _ = demo
+    block = result["numbers"]["block"]
+    assert block["distiller"]["exception"] == "PermissionDeniedError"
+    assert (block["distiller"]["status"], block["distiller"]["code"]) == (403, "account_blocked")
+    assert block["honest_status"] == 200
+    step = next(s for s in result["steps"] if s["act"].startswith("5."))
+    assert step["passed"]
+
+
+def test_the_student_is_proven_derived_and_the_control_is_cleared(demo):
+    # Reliable at the quick size: ~300 watermarked stories give p far below 1e-4 for the student (measured
+    # about 1e-10 and lower), while the control, trained on un-watermarked outputs, stays near p ~ 0.1-0.9.
+    result, _, workdir = demo
+    prove = result["numbers"]["prove"]
+    assert prove["verdict"] == "derived" and prove["p_value"] < 1e-4
+    assert prove["control_verdict"] == "not shown" and prove["control_p_value"] >= 0.01
+    report = json.loads((workdir / "run" / "report" / "report.json").read_text())
+    assert report["verdict"] == "derived" and report["evidence"]["account"] == DISTILLER
+    assert (workdir / "run" / "report" / "report.md").is_file()
+
+
+def test_the_gateway_is_shut_down_and_bound_to_loopback(demo):
+    result, _, _ = demo
+    url = urlparse(result["numbers"]["gateway"])
+    assert url.hostname == "127.0.0.1"
+    with pytest.raises(OSError):
+        socket.create_connection((url.hostname, url.port), timeout=2).close()
+
+
+def test_cli_demo_rejects_an_unknown_preset(tmp_path):
+    from stillwatch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--preset", "huge", "--workdir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert not (tmp_path / "run").exists()
