@@ -7,6 +7,7 @@ Two jobs, each run by both tools in this one process:
   * sequence-level KD (SFT on the teacher's completions): TRL `SFTTrainer` vs `stillwatch distill --loss sft`;
   * white-box logit KD (forward KL on the in-process teacher's full logits, off-policy): TRL's `GKDTrainer`
     with lmbda = 0 and beta = 0 vs `stillwatch distill --loss kd --teacher DIR`.
+Each (job, tool) is timed `repeats` times, alternating tools, keeping the fastest (the machine is shared).
 Both tools get the identical token ids (prompt + completion + eos, loss on the completion only), the same
 freshly initialised student (same preset and seed), AdamW (betas 0.9/0.98, weight decay 0.01), cosine
 schedule with the same warm-up, gradient clipping 1.0, batch size, steps and seed. Wall time covers
@@ -41,9 +42,9 @@ from stillwatch.teach import teach  # noqa: E402
 from stillwatch.teachers.completion import SamplingParams  # noqa: E402
 from stillwatch.teachers.local import LocalTeacher  # noqa: E402
 
-SIZES = {  # rows harvested per task, steps, batch size, eval prompts per task
-    "full": dict(rows_per_task=1000, steps=600, batch_size=32, eval_n=200),
-    "smoke": dict(rows_per_task=24, steps=8, batch_size=8, eval_n=8),
+SIZES = {  # rows harvested per task, steps, batch size, eval prompts per task, timed runs per (job, tool)
+    "full": dict(rows_per_task=1000, steps=600, batch_size=32, eval_n=200, repeats=2),
+    "smoke": dict(rows_per_task=24, steps=8, batch_size=8, eval_n=8, repeats=1),
 }
 LR, WARMUP = 1e-2, 30
 
@@ -160,11 +161,8 @@ def main() -> None:
     trained_tokens = size["steps"] * size["batch_size"] * mean_completion  # both tools see steps x batch rows
     student_preset = "student-tiny" if args.smoke else "student"
 
-    results: dict[str, dict] = {}
-    jobs = [("sft", "stillwatch"), ("sft", "trl"), ("kd-whitebox", "stillwatch"), ("kd-whitebox", "trl")]
-    for job, tool in jobs:
-        print(f"== {job} / {tool}", flush=True)
-        out = work / f"{job}-{tool}"
+    def train_once(job: str, tool: str, out: Path) -> tuple[dict, torch.nn.Module]:
+        shutil.rmtree(out, ignore_errors=True)
         if tool == "stillwatch":
             cfg = DistillConfig(loss="sft" if job == "sft" else "kd", divergence="forward", steps=size["steps"],
                                 batch_size=size["batch_size"], lr=LR, warmup=WARMUP, seed=args.seed,
@@ -172,22 +170,36 @@ def main() -> None:
             card = distill(store, out, cfg, preset=student_preset, teacher=teacher_dir if job != "sft" else None,
                            progress=False)
             model, _ = load_model(out)
-            row = {"seconds": card["train"]["seconds"], "final_loss": card["train"]["final_loss"],
-                   "tokens_trained": card["train"]["tokens"]}
+            return {"seconds": card["train"]["seconds"], "final_loss": card["train"]["final_loss"],
+                    "tokens_trained": card["train"]["tokens"]}, model
+        model = build_model(student_preset, tokenizer, seed=args.seed)  # the same initial weights
+        if job == "sft":
+            row = run_trl_sft(model, tokenizer, dataset, out, size, args.seed)
         else:
-            model = build_model(student_preset, tokenizer, seed=args.seed)  # the same initial weights
-            if job == "sft":
-                row = run_trl_sft(model, tokenizer, dataset, out, size, args.seed)
-            else:
-                teacher_model, _ = load_model(teacher_dir)
-                row = run_trl_gkd(model, teacher_model, tokenizer, dataset, out, size, args.seed)
-            row["tokens_trained"] = round(trained_tokens)
-        row["tokens_per_s"] = row["tokens_trained"] / row["seconds"] if row["seconds"] else None
-        row["accuracy"] = accuracy(model, tokenizer, size["eval_n"])
-        row["reasoning_accuracy"] = sum(row["accuracy"][t] for t in REASONING_TASKS) / len(REASONING_TASKS)
-        row["parameters"] = count_parameters(model)
-        results[f"{job}/{tool}"] = row
-        print(json.dumps({k: v for k, v in row.items() if k != "accuracy"}), flush=True)
+            teacher_model, _ = load_model(teacher_dir)
+            row = run_trl_gkd(model, teacher_model, tokenizer, dataset, out, size, args.seed)
+        return {**row, "tokens_trained": round(trained_tokens)}, model
+
+    # Every (job, tool) trains `repeats` times, alternating tools, and keeps its fastest wall time: the machine
+    # is shared, and the minimum is the least disturbed measurement. Same seed, so the same model every time.
+    results: dict[str, dict] = {}
+    for repeat in range(size["repeats"]):
+        for job, tool in [("sft", "stillwatch"), ("sft", "trl"), ("kd-whitebox", "stillwatch"), ("kd-whitebox", "trl")]:
+            print(f"== {job} / {tool} (run {repeat + 1}/{size['repeats']})", flush=True)
+            row, model = train_once(job, tool, work / f"{job}-{tool}")
+            key = f"{job}/{tool}"
+            if key in results:
+                results[key]["runs_seconds"].append(row["seconds"])
+                results[key]["seconds"] = min(results[key]["runs_seconds"])
+                results[key]["tokens_per_s"] = results[key]["tokens_trained"] / results[key]["seconds"]
+                continue
+            row["runs_seconds"] = [row["seconds"]]
+            row["tokens_per_s"] = row["tokens_trained"] / row["seconds"] if row["seconds"] else None
+            row["accuracy"] = accuracy(model, tokenizer, size["eval_n"])
+            row["reasoning_accuracy"] = sum(row["accuracy"][t] for t in REASONING_TASKS) / len(REASONING_TASKS)
+            row["parameters"] = count_parameters(model)
+            results[key] = row
+            print(json.dumps({k: v for k, v in row.items() if k != "accuracy"}), flush=True)
 
     comparison = {}
     for job in ("sft", "kd-whitebox"):

@@ -74,6 +74,18 @@ def test_batches_align_labels_and_topk_with_the_teacher(teacher: LocalTeacher, r
     labels = shift(batch, start)["labels"]
     assert labels[labels != IGNORE].numel() == (t["labels"] != IGNORE).sum()  # no completion token is cut
     assert full_kd_loss(student, scored["teacher_logits"][:, :-1], labels != IGNORE)[0].item() < 1e-3
+    # The per-row teacher cache serves the same logits when the rows come back in another batch.
+    for i, e in enumerate(encoded):
+        e.key = i
+    cached_scorer = LocalScorer(teacher.model)
+    cached_scorer(batch, encoded)
+    again = [encoded[3], encoded[0], encoded[5]]
+    regrouped = collate(again, tok.pad_token_id)
+    fresh = LocalScorer(teacher.model, cache_mb=0)(regrouped, again)["teacher_logits"]
+    served = cached_scorer(regrouped, again)["teacher_logits"]
+    kept = shift(regrouped, completion_start(regrouped))["labels"] != IGNORE
+    assert len(cached_scorer._cache) == 6 and kept.sum() > 20
+    torch.testing.assert_close(served[:, :-1][kept], fresh[:, :-1][kept], atol=1e-5, rtol=0)
     # And an untrained student is far from it.
     noise = torch.randn_like(logits)
     assert sparse_kd_loss(noise, t["topk_ids"], t["topk_logprobs"], t["topk_valid"], mask)[0].item() / count.item() > 0.5

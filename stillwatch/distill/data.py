@@ -46,6 +46,7 @@ class EncodedRow:
     topk_ids: np.ndarray | None
     topk_logprobs: np.ndarray | None
     teacher_tokens: int  # completion tokens the teacher produced for this row
+    key: int | None = None  # the row's index in its source (storage order); None for on-policy samples
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -222,8 +223,11 @@ class RowSource:
                 yield list(self.source[i:i + self.read_batch])
 
     def _encoded(self) -> Iterator[EncodedRow]:
+        key = 0
         for chunk in self._raw():
-            yield from encode_rows(self.tokenizer, chunk, self.retokenize)
+            for row in encode_rows(self.tokenizer, chunk, self.retokenize):
+                row.key, key = key, key + 1
+                yield row
 
     def meta(self) -> dict:
         """The store's metadata, or {} for a list of rows."""

@@ -96,11 +96,40 @@ def _topk_tensors(batch: Batch, per_row: Sequence[ScoredText], rows: Sequence[En
 
 
 class LocalScorer:
-    """An in-process teacher: full logits (white-box), or only its top `top_k` logprobs (an API's view)."""
+    """An in-process teacher: full logits (white-box), or only its top `top_k` logprobs (an API's view).
 
-    def __init__(self, model: PreTrainedModel, top_k: int = 0):
+    Full logits of harvested rows are cached per row, up to `cache_mb`: a run of several epochs over a
+    harvest runs the teacher once per row instead of once per visit (the teacher is frozen, so the values
+    are identical). Student samples (on-policy) are never cached.
+    """
+
+    def __init__(self, model: PreTrainedModel, top_k: int = 0, cache_mb: float = 1024):
         self.model, self.top_k = model.eval(), top_k
         self.tokens_scored = 0
+        self.cache_bytes, self._cache, self._cached_bytes = int(cache_mb * 2**20), {}, 0
+
+    def _cached_logits(self, batch: Batch, rows: Sequence[EncodedRow], start: int) -> torch.Tensor | None:
+        if not rows or any(r.key is None or r.key not in self._cache for r in rows):
+            return None
+        b, width = batch["input_ids"].shape
+        first = next(iter(self._cache.values()))
+        logits = torch.zeros((b, width - start, first.shape[-1]), dtype=first.dtype, device=first.device)
+        for i, r in enumerate(rows):
+            cached = self._cache[r.key]  # positions len(prompt) - 1 ... end - 2 of this row
+            offset = len(r.prompt_ids) - 1 - start
+            logits[i, offset:offset + len(cached)] = cached
+        return logits
+
+    def _remember(self, logits: torch.Tensor, rows: Sequence[EncodedRow], start: int, width: int) -> None:
+        for i, r in enumerate(rows):
+            if r.key is None or r.key in self._cache:
+                continue
+            end = min(len(r.prompt_ids) + len(r.completion_ids), width) - 1
+            piece = logits[i, len(r.prompt_ids) - 1 - start:end - start].clone()
+            if self._cached_bytes + piece.numel() * piece.element_size() > self.cache_bytes:
+                return
+            self._cache[r.key] = piece
+            self._cached_bytes += piece.numel() * piece.element_size()
 
     @torch.no_grad()
     def __call__(self, batch: Batch, rows: Sequence[EncodedRow]) -> Batch:
@@ -108,8 +137,12 @@ class LocalScorer:
         if not self.top_k:  # full logits for the positions `distill_loss` reads (from completion_start on)
             start = completion_start(batch)
             width = batch["input_ids"].shape[1]
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                use_cache=False, logits_to_keep=width - start).logits.float()
+            logits = self._cached_logits(batch, rows, start)
+            if logits is None:
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    use_cache=False, logits_to_keep=width - start).logits.float()
+                if self.cache_bytes:
+                    self._remember(logits, rows, start, width)
             return {**batch, "teacher_logits": logits}
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             use_cache=False).logits.float()

@@ -228,9 +228,11 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
         if scorer is not None and (on_policy or not has_topk or (teacher_model is not None and not cfg.teacher_top_k)):
             batch = scorer(batch, rows)
             n = _all_reduce_int(int((batch["labels"] != IGNORE).sum()), device)
-            if accelerator.is_main_process:
-                scored[str(step)] = n  # keyed by step: steps redone after a resume are not counted twice
-                counters_path.write_text(json.dumps(scored))
+            scored[str(step)] = n  # keyed by step: steps redone after a resume are not counted twice
+        # Persist on the steps the loop checkpoints after, so a resumed run restarts from matching counts.
+        last = step + 1 == cfg.steps or (step + 1) % cfg.checkpoint_every == 0
+        if last and accelerator.is_main_process and scored:
+            counters_path.write_text(json.dumps(scored))
         return distill_loss(model, batch, beta, cfg.temperature, cfg.ce_weight)
 
     train_cfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup=min(cfg.warmup, max(0, cfg.steps // 5)),
