@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import socket
 import threading
@@ -39,6 +40,7 @@ TINY_TASKS = ("add", "story")
 DEMO_WATERMARK_KEY = "stillwatch-demo-watermark-key, not for production"
 STUDENT_PRESET = {"tiny": "student-tiny", "default": "student"}
 HONEST, DISTILLER = "honest-user", "distiller"
+RUN_MARKER = ".stillwatch-demo"
 # The demo's quota: generous enough that the harvest runs at full speed (the default is 600 requests/minute).
 QUOTAS = '[default]\nrequests = "6000/minute"\ntokens = "2000000/minute"\n'
 
@@ -69,7 +71,7 @@ SIZES = {
                       story_tokens=48, honest_requests=12, student_steps=2000, student_batch=32, student_lr=3e-3,
                       prove_texts=480),
     "quick": DemoSizes(teacher_steps=60, eval_n=8, reasoning_prompts=4, story_prompts=150, story_samples=2,
-                       story_tokens=40, honest_requests=3, student_steps=150, student_batch=32, student_lr=5e-3,
+                       story_tokens=40, honest_requests=3, student_steps=400, student_batch=32, student_lr=5e-3,
                        prove_texts=300),
 }
 
@@ -189,11 +191,13 @@ class _Demo:
         import torch
 
         began = time.perf_counter()
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True)
+        self._fresh_run_dir()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny models on a shared 2-core machine run fastest on one thread
+        # accelerate warns on every save that tied embeddings are saved once: true, expected, and noise here.
+        tied = logging.getLogger("accelerate.utils.other")
+        level = tied.level
+        tied.setLevel(logging.ERROR)
         try:
             self.act_teacher()
             quotas = self.run_dir / "quotas.toml"
@@ -215,11 +219,25 @@ class _Demo:
             self.act_prove(settings)
         finally:
             torch.set_num_threads(threads)
+            tied.setLevel(level)
         self.result.seconds = time.perf_counter() - began
         self.summary()
         out = self.result.to_dict()
         (self.run_dir / "demo.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
         return out
+
+    def _fresh_run_dir(self) -> None:
+        """Replace `run/` from an earlier demo; refuse to delete a directory the demo did not make."""
+        from stillwatch.errors import ConfigError
+
+        marker = self.run_dir / RUN_MARKER
+        if self.run_dir.exists():
+            if not marker.is_file():
+                raise ConfigError(f"{self.run_dir} exists and was not made by `stillwatch demo`; "
+                                  "choose another --workdir")
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+        marker.write_text("made by stillwatch demo; replaced on every run\n")
 
     def step(self, act: str, shows: str, number: str, passed: bool) -> None:
         self.result.steps.append(Step(act, shows, number, bool(passed)))
@@ -369,7 +387,7 @@ class _Demo:
         self.console.print(table)
         latest = Table(title=f"the {DISTILLER}'s latest audit records")
         for col in ("time", "endpoint", "prompt", "completion", "status", "decision"):
-            latest.add_column(col)
+            latest.add_column(col, no_wrap=True, overflow="ellipsis", max_width=28 if col == "completion" else None)
         for rec in recent:
             latest.add_row(rec["time"][11:19], rec["endpoint"], _short(_prompt_text(rec["prompt"])),
                            _short(_completion_text(rec["completion"])), str(rec["status"]), str(rec["decision"]))
@@ -424,10 +442,10 @@ class _Demo:
                                           "retention": {k: v["retention"] for k, v in cmp["tasks"].items()}}
         lost = [k for k, v in learnt.items() if v < 0.5]
         if lost:
-            self.console.print(f"[yellow]not kept at this size: {', '.join(lost)}[/yellow] (a {self.student_preset} "
-                               f"student does not learn it from {self.sizes.reasoning_prompts} traces in "
-                               f"{self.sizes.student_steps} steps; `stillwatch demo --preset default` distils the "
-                               f"real teacher into a 2-layer student)")
+            self.console.print(f"[yellow]not kept at this size: {', '.join(lost)}[/yellow] (the {self.student_preset} "
+                               f"student does not learn it from {self.sizes.reasoning_prompts} traces per task in "
+                               f"{self.sizes.student_steps} steps; `--preset default` uses the real teacher and "
+                               f"the 2-layer `student`)")
         number = ", ".join(f"{k} retention {_pct(v)}" for k, v in learnt.items()) or "no task the teacher knows"
         # Throughput is shown, not judged: between two models this small, generation is bound by per-token
         # overhead rather than by FLOPs, and a shared machine makes it noisy.
@@ -484,12 +502,12 @@ class _Demo:
         self.console.rule("[bold]6. Later: prove that the released student was distilled from the gateway")
         # The control: same architecture, same prompts, the same teacher's outputs without a watermark.
         control_store = self.run_dir / "control-harvest.db"
+        control_dir = self.run_dir / "control"
+        self.console.print(f"a control model: {self.student_preset}, the same prompts and training, but the "
+                           f"teacher's outputs without a watermark (harvested in process) -> {control_dir}")
         plain = LocalTeacher.from_dir(self.teacher_dir)
         self._harvest_into(plain, control_store, {"model_dir": str(self.teacher_dir.resolve())})
-        control_dir = self.run_dir / "control"
         self._distill(control_store, control_dir)
-        self.console.print(f"control model: {self.student_preset} trained on the same prompts with un-watermarked "
-                           f"outputs, at {control_dir}")
 
         config = _watermark_config(settings)
         evidence = load_evidence(self.db_url, self.tokenizer, account=DISTILLER)

@@ -57,8 +57,9 @@ def test_block_gives_permission_denied_and_the_honest_user_still_gets_answers(de
 
 
 def test_the_student_is_proven_derived_and_the_control_is_cleared(demo):
-    # Reliable at the quick size: ~300 watermarked stories give p far below 1e-4 for the student (measured
-    # about 1e-10 and lower), while the control, trained on un-watermarked outputs, stays near p ~ 0.1-0.9.
+    # Reliable at the quick size: 300 watermarked stories and 400 student steps gave the student p between
+    # 1e-42 and 1e-37 over seeds 0-3 (at 150 steps only ~1e-5, too close to alpha = 1e-4), while the control,
+    # trained on un-watermarked outputs, gave p = 0.39-0.87.
     result, _, workdir = demo
     prove = result["numbers"]["prove"]
     assert prove["verdict"] == "derived" and prove["p_value"] < 1e-4
@@ -83,3 +84,13 @@ def test_cli_demo_rejects_an_unknown_preset(tmp_path):
         main(["demo", "--preset", "huge", "--workdir", str(tmp_path)])
     assert exc.value.code == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_never_deletes_a_run_directory_it_did_not_make(tmp_path):
+    from stillwatch.errors import ConfigError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not made by"):
+        run_demo(tmp_path, console=Console(file=io.StringIO()), quick=True, progress=False)
+    assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"

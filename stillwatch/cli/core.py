@@ -20,6 +20,7 @@ def teach(
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation and data."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Override the preset's number of steps."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="Train on these tasks only (repeatable)."),
+    eval_n: int = typer.Option(200, "--eval-n", min=1, help="Held-out prompts per task for the model card."),
 ) -> None:
     """Train the built-in teacher on the built-in tasks, with checkpoints and resume."""
     from stillwatch.tasks import TASK_NAMES, get_tasks
@@ -27,7 +28,7 @@ def teach(
 
     names = task or list(TASK_NAMES)
     get_tasks(names)  # fail fast on an unknown task
-    card = run_teach(out, preset=preset, seed=seed, steps=steps, task_names=names,
+    card = run_teach(out, preset=preset, seed=seed, steps=steps, task_names=names, eval_n=eval_n,
                      command="stillwatch " + " ".join(sys.argv[1:]))
     table = Table(title=f"teacher {out} ({card['parameters']:,} parameters, {card['train']['seconds']:.0f} s)")
     table.add_column("task")
