@@ -141,8 +141,11 @@ def demo(
 ) -> None:
     """Play the whole story on the embedded defaults: teacher, gateway, harvest, student, block, proof.
 
-    No GPU, no internet: every server binds 127.0.0.1 and is shut down at the end. Exit code 1 when an act did
-    not show its effect.
+    No GPU, no internet: every server binds 127.0.0.1 and is shut down at the end.
+
+    The teacher is kept in WORKDIR/teacher-PRESET and reused; WORKDIR/run is replaced on every run.
+
+    Exit code 1 when an act did not show its effect.
     """
     from stillwatch.demo import run_demo
 
