@@ -19,7 +19,8 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_teach_then_eval_with_reference(tmp_path: Path, tiny_teacher: Path) -> None:
     out = tmp_path / "teacher"
-    done = run("teach", "--preset", "tiny", "--steps", "20", "--out", str(out), "--task", "add", "--task", "story")
+    done = run("teach", "--preset", "tiny", "--steps", "20", "--out", str(out), "--task", "add", "--task", "story",
+               "--eval-n", "10")
     assert done.returncode == 0, done.stderr
     card = json.loads((out / "stillwatch_card.json").read_text())
     assert set(card["accuracy"]) == {"add", "story"}
@@ -38,7 +39,7 @@ def test_teach_then_eval_with_reference(tmp_path: Path, tiny_teacher: Path) -> N
 
 def test_interrupted_teach_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "teacher"
-    args = [*CLI, "teach", "--preset", "tiny", "--steps", "120", "--out", str(out), "--task", "chain"]
+    args = [*CLI, "teach", "--preset", "tiny", "--steps", "120", "--out", str(out), "--task", "chain", "--eval-n", "10"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / "_run" / "checkpoint" / "train_state.json"
     deadline = time.time() + 240
@@ -48,7 +49,7 @@ def test_interrupted_teach_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     proc.wait()
     saved = json.loads(state.read_text())["step"]
     assert 0 < saved < 120
-    done = run("teach", "--preset", "tiny", "--steps", "120", "--out", str(out), "--task", "chain")
+    done = run("teach", "--preset", "tiny", "--steps", "120", "--out", str(out), "--task", "chain", "--eval-n", "10")
     assert done.returncode == 0, done.stderr
     card = json.loads((out / "stillwatch_card.json").read_text())
     assert card["train"]["resumed_from"] >= saved

@@ -77,7 +77,7 @@ def _train_student(tok, prompts, completions, seed, out: Path):
     from stillwatch.train import TrainConfig, train
 
     torch.manual_seed(seed)
-    model = build_model("student", tok, seed=seed)
+    model = build_model("tiny", tok, seed=seed)  # capable enough to inherit the bias in 200 steps
 
     def make_batch(step, rank, world):
         rng = random.Random(f"student:{seed}:{step}")
