@@ -19,10 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stillwatch.evaluate import evaluate  # noqa: E402
 from stillwatch.models import read_card  # noqa: E402
 from stillwatch.runinfo import run_info  # noqa: E402
-from stillwatch.tasks import REASONING_TASKS  # noqa: E402
+from stillwatch.tasks import REASONING_TASKS, get_tasks  # noqa: E402
 from stillwatch.teach import teach  # noqa: E402
+from stillwatch.teachers.local import LocalTeacher  # noqa: E402
 
 TARGET_REASONING, TARGET_OPEN, TARGET_SECONDS = 0.98, 0.99, 600
 
@@ -47,8 +49,10 @@ def main() -> None:
     if args.reuse:
         if args.reuse.resolve() != teacher_dir.resolve():
             shutil.copytree(args.reuse, teacher_dir)
-        teacher = read_card(teacher_dir)
-        preset, eval_n = teacher["preset"], teacher.get("eval_n", 200)
+        teacher = read_card(teacher_dir)  # its train time as `teach` measured it; accuracy measured again here
+        preset = teacher["preset"]
+        report = evaluate(LocalTeacher.from_dir(teacher_dir), get_tasks(), n=eval_n)
+        teacher["accuracy"] = {name: row["accuracy"] for name, row in report["tasks"].items()}
     else:
         teacher = teach(teacher_dir, preset=preset, seed=args.seed, steps=steps, eval_n=eval_n, progress=True)
     # The same number of steps and batches on ground-truth answers without the trace.

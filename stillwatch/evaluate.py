@@ -13,6 +13,9 @@ from stillwatch.teachers.completion import SamplingParams
 
 EVAL_SEED = 1_000_003  # far from every training seed's stream
 MAX_TOKENS = 96
+# Open tasks are sampled as open-ended text usually is: temperature 1 with nucleus sampling, which cuts the
+# long tail of near-zero-probability tokens that no deployment samples from.
+OPEN_TEMPERATURE, OPEN_TOP_P = 1.0, 0.95
 
 
 def _run(coro):
@@ -21,13 +24,14 @@ def _run(coro):
 
 def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = EVAL_SEED,
              latency_samples: int = 8) -> dict:
-    """Score `n` held-out prompts per task: greedy for reasoning tasks, sampled at temperature 1 for open ones."""
+    """Score `n` held-out prompts per task: greedy for reasoning tasks, nucleus-sampled for open ones."""
     report: dict = {"tasks": {}, "n": n, "seed": seed}
     generated, seconds = 0, 0.0
     for task in tasks:
         exs = examples(task, n, seed)
-        params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0 if task.kind == "reasoning" else 1.0,
-                                seed=seed)
+        reasoning = task.kind == "reasoning"
+        params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0 if reasoning else OPEN_TEMPERATURE,
+                                top_p=1.0 if reasoning else OPEN_TOP_P, seed=seed)
         began = time.perf_counter()
         outputs = _run(teacher.complete([e.prompt for e in exs], params))
         seconds += time.perf_counter() - began
