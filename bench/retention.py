@@ -121,9 +121,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes on a shared box)")
     parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default runs/teacher-default)")
+    parser.add_argument("--steps", type=int, default=None, help="override the student step budget (the 15-minute "
+                        "default is far below what a 1/10 student needs to learn digit lookups)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    size = SIZES["smoke" if args.smoke else "full"]
+    size = dict(SIZES["smoke" if args.smoke else "full"])
+    if args.steps:
+        size["steps"] = args.steps
     student_preset = "student-tiny" if args.smoke else "student"
 
     work = ROOT / "runs" / ("bench-retention-smoke" if args.smoke else "bench-retention")
