@@ -70,7 +70,7 @@ SIZES = {
     "full": DemoSizes(teacher_steps=1000, eval_n=100, reasoning_prompts=150, story_prompts=240, story_samples=2,
                       story_tokens=48, honest_requests=12, student_steps=2000, student_batch=32, student_lr=3e-3,
                       prove_texts=480),
-    "quick": DemoSizes(teacher_steps=60, eval_n=8, reasoning_prompts=4, story_prompts=150, story_samples=2,
+    "quick": DemoSizes(teacher_steps=60, eval_n=8, reasoning_prompts=4, story_prompts=120, story_samples=2,
                        story_tokens=40, honest_requests=3, student_steps=400, student_batch=32, student_lr=5e-3,
                        prove_texts=300),
 }

@@ -57,9 +57,9 @@ def test_block_gives_permission_denied_and_the_honest_user_still_gets_answers(de
 
 
 def test_the_student_is_proven_derived_and_the_control_is_cleared(demo):
-    # Reliable at the quick size: 300 watermarked stories and 400 student steps gave the student p between
-    # 1e-42 and 1e-37 over seeds 0-3 (at 150 steps only ~1e-5, too close to alpha = 1e-4), while the control,
-    # trained on un-watermarked outputs, gave p = 0.39-0.87.
+    # Reliable at the quick size: 240 watermarked stories and 400 student steps gave the student p between
+    # 1e-45 and 1e-37 over seeds 0-3 (at 150 steps only ~1e-5, too close to alpha = 1e-4), while the control,
+    # trained on un-watermarked outputs, gave p = 0.39-0.87 over the same seeds.
     result, _, workdir = demo
     prove = result["numbers"]["prove"]
     assert prove["verdict"] == "derived" and prove["p_value"] < 1e-4
