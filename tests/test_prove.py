@@ -207,6 +207,9 @@ def test_evidence_from_the_gateway_audit_db_per_account(world, tmp_path):
     mallory = load_evidence(url, world.tok, account="mallory")
     alice = load_evidence(url, world.tok, account="alice")
     assert len(mallory.texts) == 60 and len(alice.texts) == 60
+    assert len(load_evidence(url, world.tok, account="alice", task="story").texts) == 60  # chat prompts too
+    with pytest.raises(ConfigError):
+        load_evidence(url, world.tok, account="alice", task="add")
     assert mallory.texts[0].prompt_ids == world.evidence.texts[0].prompt_ids  # chat messages render the same
     assert alice.texts[0].prompt_ids == world.evidence.texts[0].prompt_ids
     assert evidence_check(mallory, world.config, len(world.tok))["passed"]

@@ -174,9 +174,9 @@ def load_evidence(source: str | Path, tokenizer: PreTrainedTokenizerBase, accoun
     for prompt, row_task, completion, ids in _iter_raw(source, account):
         if task is not None and row_task not in (task, None):
             continue
+        prompt = _render_prompt(prompt, tokenizer)  # chat requests are audited as JSON messages
         if task is not None and row_task is None and not prompt.startswith(f"{task}:"):
             continue
-        prompt = _render_prompt(prompt, tokenizer)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if ids is None:
             ids = tokenizer(completion or "", add_special_tokens=False)["input_ids"]
