@@ -12,17 +12,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _secret(path: Optional[Path], what: str) -> Optional[str]:
-    if path is None:
-        return None
-    from stillwatch.errors import ConfigError
+    from stillwatch.keyfiles import read_secret_file
 
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise ConfigError(f"{what} file {path} is empty")
-    return value
+    return None if path is None else read_secret_file(path, what)
 
 
 def serve(

@@ -30,6 +30,7 @@ from transformers import WatermarkingConfig
 from transformers.generation.logits_process import WatermarkLogitsProcessor
 
 from stillwatch.errors import ConfigError
+from stillwatch.keyfiles import read_secret_file
 
 KEY_ENV = "STILLWATCH_WATERMARK_KEY"
 Seeding = Literal["lefthash", "selfhash"]
@@ -111,14 +112,7 @@ class WatermarkConfig:
 def load_watermark_key(key_file: Path | str | None = None) -> str | None:
     """The watermark secret from `key_file` when given, else from the env STILLWATCH_WATERMARK_KEY, else None."""
     if key_file is not None:
-        path = Path(key_file)
-        try:
-            secret = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read watermark key file {path}: {exc.strerror or exc}") from None
-        if not secret:
-            raise ConfigError(f"watermark key file {path} is empty")
-        return secret
+        return read_secret_file(key_file, "watermark key")
     secret = os.environ.get(KEY_ENV, "").strip()
     return secret or None
 
