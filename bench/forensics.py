@@ -12,6 +12,7 @@ than two oversubscribed threads.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -63,6 +64,7 @@ class Sizes:
     ad_eval_n: int = 100
     proxy_steps: int = 300
     ad_student_steps: int = 600
+    ad_tasks: tuple[str, ...] = REASONING_TASKS
 
 
 SMOKE = Sizes(detect_texts=60, fpr_texts=1000, eval_n=30, deltas=(2.0,), radio_total=300, fractions=(0.05, 1.0),
@@ -214,7 +216,7 @@ def _served_accuracy(prompts: list[str], texts: list[str]) -> float:
 
 def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
     tok = teacher.tokenizer
-    tasks = [get_task(t) for t in REASONING_TASKS]
+    tasks = [get_task(t) for t in sizes.ad_tasks]
     prompts = [e.prompt for t in tasks for e in examples(t, sizes.ad_train // len(tasks), seed + 40)]
     random.Random(seed).shuffle(prompts)
     normal = [o[0].text for o in teacher.generate(prompts, SamplingParams(max_tokens=96, temperature=1.0,
@@ -266,9 +268,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the benchmark runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", default="detection,radioactivity,antidistill")
+    parser.add_argument("--ad-tasks", help="antidistillation tasks, comma-separated (default: all reasoning)")
+    parser.add_argument("--ad-lambdas", help="antidistillation λ values, comma-separated")
+    parser.add_argument("--ad-temperatures", help="temperature-only baselines, comma-separated")
+    parser.add_argument("--ad-student-steps", type=int, help="steps of each distilled student")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sizes = SMOKE if args.smoke else Sizes()
+    overrides = {"ad_tasks": args.ad_tasks and tuple(args.ad_tasks.split(",")),
+                 "ad_lambdas": args.ad_lambdas and tuple(float(x) for x in args.ad_lambdas.split(",")),
+                 "ad_temperatures": args.ad_temperatures and tuple(float(x) for x in args.ad_temperatures.split(",")),
+                 "ad_student_steps": args.ad_student_steps}
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
     tdir = teacher_dir()
     teacher = LocalTeacher.from_dir(tdir)
     results: dict = {"command": "python " + " ".join(sys.argv), "commit": _git_commit(), "seed": args.seed,
