@@ -22,8 +22,6 @@ import asyncio
 import json
 import logging
 import shutil
-import socket
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,37 +105,6 @@ class DemoResult:
         return {**asdict(self), "passed": self.passed}
 
 
-class LoopbackServer:
-    """Serves an ASGI app with uvicorn on a free 127.0.0.1 port in a thread, until the context exits."""
-
-    def __init__(self, app: Any, startup_timeout: float = 120.0):
-        import uvicorn
-
-        self.startup_timeout = startup_timeout
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                                    timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "LoopbackServer":
-        self.thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError("the demo gateway did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
 def _demo_settings(**values: Any):
     """GuardSettings from these values only: the demo ignores any STILLWATCH_* variables of the shell."""
     from stillwatch.guard.settings import GuardSettings
@@ -206,6 +173,7 @@ class _Demo:
                 teacher=self.teacher_dir, db_url=self.db_url, admin_key=_secret(), served_model_name="stillwatch",
                 watermark_key=DEMO_WATERMARK_KEY, quotas_file=quotas, max_batch=64, batch_wait_ms=5.0)
             from stillwatch.guard.app import create_app
+            from stillwatch.guard.loopback import LoopbackServer
 
             self.console.rule("[bold]2. The provider: an OpenAI-compatible gateway on 127.0.0.1")
             with LoopbackServer(create_app(settings)) as server:

@@ -34,3 +34,14 @@ def tiny_teacher() -> Path:
     if not (path / "stillwatch_card.json").is_file():
         teach(path, preset="tiny", seed=0, eval_n=50, progress=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread in this process: oversubscribed threads make small models ~10x slower on 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

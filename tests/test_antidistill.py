@@ -11,14 +11,6 @@ from stillwatch.forensics.antidistill import (AntidistillConfig, AntidistillProc
 
 
 @pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def proxy(tiny_teacher, one_thread):
     from stillwatch.models import build_model
     from stillwatch.tasks import examples, get_task

@@ -90,17 +90,6 @@ def _train_student(tok, prompts, completions, seed, out: Path):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine, oversubscribed threads make small models ~10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def world(tiny_teacher, tmp_path_factory, one_thread):
     """Watermarked and plain story harvests of the tiny teacher, a student on each, and the evidence."""
     from stillwatch.tasks import examples, get_task

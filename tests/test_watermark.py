@@ -145,15 +145,6 @@ def test_z_scores_agree_with_transformers_watermark_detector(width, seeding, ign
     assert theirs.z_score[0] > 4
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a shared 2-core machine, oversubscribed threads make small models ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_watermarked_generation_is_detected_and_plain_is_not(tiny_teacher, one_thread):
     from stillwatch.tasks import examples, get_task
     from stillwatch.teachers.completion import SamplingParams
