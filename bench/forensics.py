@@ -18,7 +18,6 @@ import math
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from stillwatch.data import causal_lm_loss, encode_pairs  # noqa: E402
 from stillwatch.evaluate import evaluate  # noqa: E402
+from stillwatch.runinfo import git_commit  # noqa: E402
 from stillwatch.forensics.antidistill import AntidistillProcessor, holdout_gradient  # noqa: E402
 from stillwatch.forensics.prove import Evidence, ProveSettings, prove  # noqa: E402
 from stillwatch.forensics.radioactivity import EvidenceText  # noqa: E402
@@ -249,13 +249,6 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
             f"{sizes.proxy_steps} steps on normal traces", "epsilon": 1e-2, "student_steps": sizes.ad_student_steps}
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    except OSError:
-        return None
-
-
 def _table(title: str, header: list[str], rows: list[list]) -> None:
     print(f"\n{title}")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
@@ -282,7 +275,7 @@ def main() -> None:
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
     tdir = teacher_dir()
     teacher = LocalTeacher.from_dir(tdir)
-    results: dict = {"command": "python " + " ".join(sys.argv), "commit": _git_commit(), "seed": args.seed,
+    results: dict = {"command": "python " + " ".join(sys.argv), "commit": git_commit(), "seed": args.seed,
                      "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                                  "torch": torch.__version__},
                      "teacher": str(tdir.relative_to(ROOT)) if tdir.is_relative_to(ROOT) else str(tdir),

@@ -375,14 +375,9 @@ def fsync_ms(tmp: Path, n: int = 200) -> dict:
     return {"p50_ms": times[n // 2], "p99_ms": times[int(n * 0.99)]}
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> None:
+    from stillwatch.runinfo import git_commit
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--litellm", help="path to LiteLLM's `litellm` executable")

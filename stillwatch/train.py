@@ -145,6 +145,6 @@ def train(model: torch.nn.Module, make_batch: BatchFn, loss_fn: LossFn, config: 
                        final_loss=last_loss, tokens=tokens, losses=losses)
 
 
-def unwrap(model: torch.nn.Module, accelerator: Accelerator | None = None) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model inside a DDP wrapper."""
     return model.module if hasattr(model, "module") else model

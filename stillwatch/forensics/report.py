@@ -5,19 +5,12 @@ from __future__ import annotations
 import html
 import json
 import platform
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from stillwatch.runinfo import git_commit
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _p(value: float | None, log10: float | None = None) -> str:
@@ -90,7 +83,7 @@ def write_report(report: dict, out: str | Path, fmt: Literal["md", "html"] = "md
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {**report, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "commit": _git_commit(), "command": command, "machine": platform.platform()}
+              "commit": git_commit(), "command": command, "machine": platform.platform()}
     paths = {"json": out / "report.json"}
     paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
     if fmt == "html":
