@@ -12,7 +12,8 @@ Then the local backend: `stillwatch serve --teacher` at 1 vs 32 concurrent clien
 
 LiteLLM pins versions that clash with stillwatch's own (rich, among others), so install it in its own
 environment and point `--litellm` at its `litellm` executable (default: .cache/litellm-venv/bin/litellm, else
-PATH). Results go to bench/results/gateway.json.
+PATH). Results go to bench/results/gateway.json (gateway-smoke.json with --smoke, so
+a smoke run never replaces the full results).
 """
 
 from __future__ import annotations
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of the local backend")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="default: gateway.json, or gateway-smoke.json")
     parser.add_argument("--serve-mock", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_mock:
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
                   "sizes": size, "concurrency": args.concurrency},
         "proxy": proxy, "local": local,
     }
+    if args.out is None:
+        args.out = RESULTS.with_name("gateway-smoke.json") if args.smoke else RESULTS
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     cmp_ = proxy.get("comparison")
