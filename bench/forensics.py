@@ -96,23 +96,23 @@ def train_student(tok, prompts: list[str], completions: list[str], seed: int, st
         return encode_pairs(tok, [prompts[i] for i in idx], [completions[i] for i in idx])
 
     with tempfile.TemporaryDirectory() as run:
-        train(model, make_batch, causal_lm_loss, TrainConfig(steps=steps, lr=5e-3, warmup=20, seed=seed,
+        train(model, make_batch, causal_lm_loss, TrainConfig(steps=steps, lr=3e-3, warmup=20, seed=seed,
                                                              checkpoint_every=10**6), run, progress=False)
     return model
 
 
 # --- part 1: detection, false positives, accuracy cost ---------------------------------------------------------
 
-def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
+def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: WatermarkConfig) -> dict:
     tok, story = teacher.tokenizer, get_task("story")
     vocab = len(tok)
     out: dict = {"deltas": {}}
     prompts = [e.prompt for e in examples(story, sizes.detect_texts, seed + 1)]
     plain_prompts = [e.prompt for e in examples(story, sizes.fpr_texts, seed + 2)]
     plain = teacher.generate(plain_prompts, SamplingParams(max_tokens=48, temperature=1.0, seed=seed + 3))
-    base_eval = evaluate(teacher, [get_task(t) for t in (*REASONING_TASKS, "story")], n=sizes.eval_n, latency_samples=0)
+    base_eval = evaluate(teacher, [get_task(t) for t in (*REASONING_TASKS, "story")], n=sizes.eval_n, latency_samples=0, throughput_batch=0)
     for delta in sizes.deltas:
-        config = WatermarkConfig(key=KEY, delta=delta)
+        config = dataclasses.replace(wm, delta=delta)
         proc = watermark_processor(config, vocab)
         marked = teacher.generate(prompts, SamplingParams(max_tokens=48, temperature=1.0, seed=seed + 4),
                                   extra_processors=[proc])
@@ -130,7 +130,7 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
                     break
         wm_teacher = LocalTeacher(teacher.model, tok, logits_processors=[proc])
         wm_eval = evaluate(wm_teacher, [get_task(t) for t in (*REASONING_TASKS, "story")], n=sizes.eval_n,
-                           latency_samples=0)
+                           latency_samples=0, throughput_batch=0)
         out["deltas"][str(delta)] = {
             "mean_tokens_per_text": statistics.mean(r["num_tokens_scored"] for r in per_text),
             "mean_green_fraction": statistics.mean(r["green_fraction"] for r in per_text),
@@ -141,7 +141,7 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
             "accuracy_cost_points": {t: 100 * (base_eval["tasks"][t]["accuracy"] - wm_eval["tasks"][t]["accuracy"])
                                      for t in wm_eval["tasks"]},
         }
-    config = WatermarkConfig(key=KEY)
+    config = wm
     fp = [detect(o[0].token_ids, config, ids(tok, p), vocab_size=vocab) for p, o in zip(plain_prompts, plain)]
     alphas = (0.1, 0.05, 0.01, 0.001)
     out["false_positives"] = {
@@ -155,7 +155,7 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
     }
     # The same texts, each under its own random key: the calibration of the test itself. Under one fixed key,
     # texts share frequent (window, token) pairs whose colour is fixed by that key, so per-text errors correlate.
-    own = [detect(o[0].token_ids, WatermarkConfig(key=f"{KEY}:fp:{i}"), ids(tok, p), vocab_size=vocab)
+    own = [detect(o[0].token_ids, dataclasses.replace(wm, key=f"{KEY}:fp:{i}"), ids(tok, p), vocab_size=vocab)
            for i, (p, o) in enumerate(zip(plain_prompts, plain))]
     out["false_positives_key_per_text"] = {
         "texts": len(own),
@@ -170,9 +170,9 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
 
 # --- part 2: radioactivity against the contaminated fraction -------------------------------------------------
 
-def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
+def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: WatermarkConfig) -> dict:
     tok, story = teacher.tokenizer, get_task("story")
-    config = WatermarkConfig(key=KEY)
+    config = wm
     proc = watermark_processor(config, len(tok))
     other = [e for name in ("add", "mul", "chain", "story")
              for e in examples(get_task(name), sizes.radio_total // 4 + 1, seed + 20)]
@@ -235,7 +235,7 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
         texts = normal if (lam == 0 and temperature == 1.0) else \
             [o[0].text for o in teacher.generate(prompts, params, extra_processors=extra)]
         student = train_student(tok, prompts, texts, seed, sizes.ad_student_steps)
-        report = evaluate(LocalTeacher(student, tok), tasks, n=sizes.ad_eval_n, latency_samples=0)
+        report = evaluate(LocalTeacher(student, tok), tasks, n=sizes.ad_eval_n, latency_samples=0, throughput_batch=0)
         student_acc = statistics.mean(r["accuracy"] for r in report["tasks"].values())
         return {"label": label, "temperature": temperature, "lambda": lam,
                 "teacher_accuracy": _served_accuracy(prompts, texts), "student_accuracy": student_acc,
@@ -265,25 +265,35 @@ def main() -> None:
     parser.add_argument("--ad-lambdas", help="antidistillation λ values, comma-separated")
     parser.add_argument("--ad-temperatures", help="temperature-only baselines, comma-separated")
     parser.add_argument("--ad-student-steps", type=int, help="steps of each distilled student")
+    parser.add_argument("--context-width", type=int, default=WatermarkConfig.context_width,
+                        help="watermark window (tokens) for detection and radioactivity")
+    parser.add_argument("--radio-total", type=int, help="training texts of each radioactivity student")
+    parser.add_argument("--student-steps", type=int, help="steps of each radioactivity student")
+    parser.add_argument("--fractions", help="watermarked fractions, comma-separated")
+    parser.add_argument("--teacher", type=Path, help="teacher directory (default runs/teacher-default)")
+    parser.add_argument("--out", type=Path, help="results file (default bench/results/forensics.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sizes = SMOKE if args.smoke else Sizes()
     overrides = {"ad_tasks": args.ad_tasks and tuple(args.ad_tasks.split(",")),
                  "ad_lambdas": args.ad_lambdas and tuple(float(x) for x in args.ad_lambdas.split(",")),
                  "ad_temperatures": args.ad_temperatures and tuple(float(x) for x in args.ad_temperatures.split(",")),
-                 "ad_student_steps": args.ad_student_steps}
+                 "ad_student_steps": args.ad_student_steps, "radio_total": args.radio_total,
+                 "student_steps": args.student_steps,
+                 "fractions": args.fractions and tuple(float(x) for x in args.fractions.split(","))}
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
-    tdir = teacher_dir()
+    tdir = args.teacher or teacher_dir()
+    wm = WatermarkConfig(key=KEY, context_width=args.context_width)
     teacher = LocalTeacher.from_dir(tdir)
     results: dict = {"command": "python " + " ".join(sys.argv), "commit": git_commit(), "seed": args.seed,
                      "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                                  "torch": torch.__version__},
                      "teacher": str(tdir.relative_to(ROOT)) if tdir.is_relative_to(ROOT) else str(tdir),
-                     "sizes": asdict(sizes), "watermark": WatermarkConfig(key=KEY).public_dict(), "seconds": {}}
+                     "sizes": asdict(sizes), "watermark": wm.public_dict(), "seconds": {}}
     parts = args.parts.split(",")
     if "detection" in parts:
         began = time.time()
-        d = results["detection"] = part_detection(teacher, sizes, args.seed)
+        d = results["detection"] = part_detection(teacher, sizes, args.seed, wm)
         results["seconds"]["detection"] = round(time.time() - began, 1)
         _table("watermark on the story task and its accuracy cost (points, greedy eval)",
                ["delta", "tokens/text", "green %", "z/text", "texts z>=4", "tokens for z>=4",
@@ -301,7 +311,7 @@ def main() -> None:
                + [["z>=4 (nominal 3.2e-5)", f"{fp['z_ge_4']:.4f}", "", f"{own['z_ge_4']:.4f}", ""]])
     if "radioactivity" in parts:
         began = time.time()
-        r = results["radioactivity"] = part_radioactivity(teacher, sizes, args.seed)
+        r = results["radioactivity"] = part_radioactivity(teacher, sizes, args.seed, wm)
         results["seconds"]["radioactivity"] = round(time.time() - began, 1)
         _table("radioactivity: log10 p of the suspect (trained on a watermarked fraction) and of its control",
                ["fraction", "wm texts", "open suspect", "open control", "closed suspect", "closed control",
@@ -317,7 +327,7 @@ def main() -> None:
         _table("antidistillation: accuracy of the served traces and of a student distilled from them",
                ["condition", "teacher acc", "student acc"],
                [[x["label"], f"{x['teacher_accuracy']:.1%}", f"{x['student_accuracy']:.1%}"] for x in a["rows"]])
-    out = ROOT / "bench" / "results" / ("forensics-smoke.json" if args.smoke else "forensics.json")
+    out = args.out or ROOT / "bench" / "results" / ("forensics-smoke.json" if args.smoke else "forensics.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_file() and set(parts) != {"detection", "radioactivity", "antidistill"}:
         # a partial run updates its own parts and keeps the others' results
@@ -325,7 +335,7 @@ def main() -> None:
         seconds = {**previous.get("seconds", {}), **results["seconds"]}
         results = {**previous, **results, "seconds": seconds}
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

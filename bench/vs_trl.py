@@ -132,7 +132,8 @@ def run_trl_gkd(student, teacher_model, tokenizer, dataset, out: Path, size: dic
 
 
 def accuracy(model, tokenizer, eval_n: int) -> dict:
-    report = evaluate(LocalTeacher(model.eval(), tokenizer), get_tasks(list(TASK_NAMES)), n=eval_n, latency_samples=0)
+    report = evaluate(LocalTeacher(model.eval(), tokenizer), get_tasks(list(TASK_NAMES)), n=eval_n, latency_samples=0,
+                      throughput_batch=0)
     return {name: r["accuracy"] for name, r in report["tasks"].items()}
 
 

@@ -6,6 +6,9 @@ import asyncio
 import time
 from typing import Sequence
 
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
 from stillwatch.models import count_parameters
 from stillwatch.tasks import Task, examples, extract_answer
 from stillwatch.teachers.base import Teacher
@@ -16,6 +19,10 @@ MAX_TOKENS = 96
 # Open tasks are sampled as open-ended text usually is: temperature 1 with nucleus sampling, which cuts the
 # long tail of near-zero-probability tokens that no deployment samples from.
 OPEN_TEMPERATURE, OPEN_TOP_P = 1.0, 0.95
+# Throughput is measured the way a server meets it: a full batch of prompts, every sequence decoding exactly
+# this many tokens. Fixed lengths make it independent of what the model writes (a broken student that stops
+# early, or rambles, would otherwise look faster or slower than it is).
+THROUGHPUT_BATCH, THROUGHPUT_TOKENS = 256, 48
 
 
 def _run(coro):
@@ -23,7 +30,7 @@ def _run(coro):
 
 
 def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = EVAL_SEED,
-             latency_samples: int = 8) -> dict:
+             latency_samples: int = 8, throughput_batch: int = THROUGHPUT_BATCH) -> dict:
     """Score `n` held-out prompts per task: greedy for reasoning tasks, nucleus-sampled for open ones."""
     report: dict = {"tasks": {}, "n": n, "seed": seed}
     generated, seconds = 0, 0.0
@@ -44,11 +51,36 @@ def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = 
             "accuracy": sum(correct) / n,
             "answers": [extract_answer(c.text) if task.kind == "reasoning" else None for c in completions],
         }
-    report["tokens_per_s"] = generated / seconds if seconds else 0.0
+    model, tokenizer = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
+    if model is not None and tokenizer is not None and throughput_batch > 0:
+        prompts = [e.prompt for t in tasks for e in examples(t, -(-throughput_batch // len(tasks)), seed + 2)]
+        report["tokens_per_s"] = generation_throughput(model, tokenizer, prompts[:throughput_batch])
+        report["throughput"] = {"batch": throughput_batch, "new_tokens": THROUGHPUT_TOKENS, "method": "fixed-length"}
+    else:  # a remote teacher: the rate of the evaluation's own requests
+        report["tokens_per_s"] = generated / seconds if seconds else 0.0
+        report["throughput"] = {"method": "evaluation requests"}
     report["latency_ms"] = _latency_ms(teacher, tasks, latency_samples, seed)
-    model = getattr(teacher, "model", None)
     report["parameters"] = count_parameters(model) if model is not None else None
     return report
+
+
+@torch.inference_mode()
+def generation_throughput(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                          new_tokens: int = THROUGHPUT_TOKENS, repeats: int = 2) -> float:
+    """Greedy tokens/s for one batch of `prompts`, each decoding exactly `new_tokens` (best of `repeats`)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # decoder-only models pad on the left
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    best = float("inf")
+    for _ in range(repeats):  # the first also warms allocator caches
+        began = time.perf_counter()
+        model.generate(**enc.to(model.device), generation_config=config)
+        best = min(best, time.perf_counter() - began)
+    return len(prompts) * new_tokens / best
 
 
 def _latency_ms(teacher: Teacher, tasks: Sequence[Task], samples: int, seed: int) -> float:

@@ -76,7 +76,7 @@ def teach(out: str | Path, preset: str = "default", seed: int = 0, steps: int | 
     model = build_model(preset, tokenizer, seed=seed)
     result = train(model, task_batches(tokenizer, tasks, batch_size, seed, answers_only), causal_lm_loss, config,
                    out / RUN_DIR, progress=progress, description=f"teach {preset}")
-    report = evaluate(LocalTeacher(model, tokenizer), tasks, n=eval_n)
+    report = evaluate(LocalTeacher(model, tokenizer), tasks, n=eval_n, latency_samples=0, throughput_batch=0)
     card = {
         "kind": "stillwatch-teacher" if not answers_only else "stillwatch-answers-only",
         "preset": preset,

@@ -35,6 +35,9 @@ def test_teach_then_eval_with_reference(tmp_path: Path, tiny_teacher: Path) -> N
     assert data["comparison"]["parameter_ratio"] == 1.0
     assert "agreement" in data["comparison"]["tasks"]["add"]
     assert "retention" in done.stdout
+    # throughput is a fixed-length batched decode, whatever the models write
+    assert data["report"]["throughput"]["method"] == "fixed-length" and data["report"]["tokens_per_s"] > 0
+    assert data["comparison"]["throughput_speedup"] > 0 and "new tokens" in done.stdout
 
 
 def test_interrupted_teach_resumes_from_its_checkpoint(tmp_path: Path) -> None:

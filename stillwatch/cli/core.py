@@ -83,7 +83,10 @@ def _print_eval(label: str, report: dict, comparison: dict | None) -> None:
                       "" if agr is None else f"{agr:.1%}")
     out = Console()
     out.print(table)
-    out.print(f"throughput {report['tokens_per_s']:.0f} tokens/s, latency {report['latency_ms']:.1f} ms per completion")
+    shape = report.get("throughput", {})
+    where = (f" (batch {shape['batch']} x {shape['new_tokens']} new tokens)" if shape.get("method") == "fixed-length"
+             else " (evaluation requests)")
+    out.print(f"throughput {report['tokens_per_s']:.0f} tokens/s{where}, latency {report['latency_ms']:.1f} ms per completion")
     if comparison:
         if "parameter_ratio" in comparison:
             out.print(f"parameter ratio {comparison['parameter_ratio']:.3f} (1/{1 / comparison['parameter_ratio']:.1f})")
