@@ -55,16 +55,18 @@ class Sizes:
     deltas: tuple[float, ...] = (1.0, 2.0, 3.0)
     radio_total: int = 3000
     fractions: tuple[float, ...] = (0.01, 0.05, 0.10, 1.0)
-    student_steps: int = 500
+    student_steps: int = 1500
     closed_prompts: int = 300
     closed_samples: int = 4
     ad_train: int = 1500
-    ad_lambdas: tuple[float, ...] = (1.0, 3.0, 10.0)
-    ad_temperatures: tuple[float, ...] = (1.3, 1.6, 2.0)
+    # λ ≥ 1 breaks the teacher (its served accuracy falls to a few percent); the useful range is below.
+    ad_lambdas: tuple[float, ...] = (0.1, 0.3, 1.0)
+    ad_temperatures: tuple[float, ...] = (1.3,)
     ad_eval_n: int = 100
     proxy_steps: int = 300
-    ad_student_steps: int = 600
-    ad_tasks: tuple[str, ...] = REASONING_TASKS
+    ad_student_steps: int = 2000
+    # The chain task: the one a 1/10 student learns from 1,500 traces within this budget, so a loss can show.
+    ad_tasks: tuple[str, ...] = ("chain",)
 
 
 SMOKE = Sizes(detect_texts=60, fpr_texts=1000, eval_n=30, deltas=(2.0,), radio_total=300, fractions=(0.05, 1.0),
@@ -110,7 +112,8 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Watermark
     prompts = [e.prompt for e in examples(story, sizes.detect_texts, seed + 1)]
     plain_prompts = [e.prompt for e in examples(story, sizes.fpr_texts, seed + 2)]
     plain = teacher.generate(plain_prompts, SamplingParams(max_tokens=48, temperature=1.0, seed=seed + 3))
-    base_eval = evaluate(teacher, [get_task(t) for t in (*REASONING_TASKS, "story")], n=sizes.eval_n, latency_samples=0, throughput_batch=0)
+    base_eval = evaluate(teacher, [get_task(t) for t in (*REASONING_TASKS, "story")], n=sizes.eval_n,
+                         latency_samples=0, throughput_batch=0)
     for delta in sizes.deltas:
         config = dataclasses.replace(wm, delta=delta)
         proc = watermark_processor(config, vocab)
@@ -235,7 +238,8 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
         texts = normal if (lam == 0 and temperature == 1.0) else \
             [o[0].text for o in teacher.generate(prompts, params, extra_processors=extra)]
         student = train_student(tok, prompts, texts, seed, sizes.ad_student_steps)
-        report = evaluate(LocalTeacher(student, tok), tasks, n=sizes.ad_eval_n, latency_samples=0, throughput_batch=0)
+        report = evaluate(LocalTeacher(student, tok), tasks, n=sizes.ad_eval_n, latency_samples=0,
+                          throughput_batch=0)
         student_acc = statistics.mean(r["accuracy"] for r in report["tasks"].values())
         return {"label": label, "temperature": temperature, "lambda": lam,
                 "teacher_accuracy": _served_accuracy(prompts, texts), "student_accuracy": student_acc,

@@ -1,6 +1,6 @@
 """Benchmark: how much of the default teacher a 1/10-size student keeps, per loss and per teacher token; retention.json.
 
-    python bench/retention.py --jobs 2     # full size (about 35 minutes on 2 CPU cores)
+    python bench/retention.py --jobs 2     # full size (about 45 minutes on 2 CPU cores)
     python bench/retention.py --smoke      # tiny sizes, to keep the script working in CI
 
 Black-box only: the students never see the teacher's weights. They learn from what an API returns, harvested
@@ -50,7 +50,7 @@ SIZES = {
     # Prompts per task at each harvest size (x4 apart, to read "a quarter of the tokens" off the table), one
     # optimiser budget for every student (the teacher's own learning rate: 1e-2 stalls the digit lookups), and
     # an on-policy phase that starts from the kd student.
-    "full": dict(prompts=[250, 1000, 4000], steps=6000, batch_size=16, lr=3e-3, eval_n=200, top_k=20,
+    "full": dict(prompts=[250, 1000, 4000], steps=12000, batch_size=16, lr=3e-3, eval_n=200, top_k=20,
                  onpolicy_prompts=[1000], onpolicy_steps=600, max_new_tokens=64),
     "smoke": dict(prompts=[8, 16], steps=6, batch_size=8, lr=3e-3, eval_n=8, top_k=4, onpolicy_prompts=[8],
                   onpolicy_steps=3, max_new_tokens=32),

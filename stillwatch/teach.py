@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.data import causal_lm_loss, encode_pairs
@@ -27,7 +28,7 @@ MIX_WEIGHTS = {"add": 2, "mul": 3, "chain": 3, "story": 2}
 SCHEDULES: dict[str, tuple[TrainConfig, int]] = {
     "tiny": (TrainConfig(steps=250, lr=4e-3, warmup=20, checkpoint_every=50), 32),
     # Small batches, many steps: the digit lookups are learnt per update, not per example.
-    "default": (TrainConfig(steps=7000, lr=3e-3, warmup=100, checkpoint_every=500, log_every=50), 16),
+    "default": (TrainConfig(steps=10000, lr=3e-3, warmup=100, checkpoint_every=500, log_every=50), 16),
 }
 
 
@@ -71,11 +72,17 @@ def teach(out: str | Path, preset: str = "default", seed: int = 0, steps: int | 
     if tokenizer_from is not None:
         out.mkdir(parents=True, exist_ok=True)
         load_tokenizer(tokenizer_from).save_pretrained(out)
-    tokenizer = _tokenizer_for(out)
+    # Under torchrun every process trains its share of each global batch; only the main one evaluates and writes.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    with accelerator.main_process_first():  # the main process trains and saves the tokenizer, the others load it
+        tokenizer = _tokenizer_for(out)
     tasks = get_tasks(list(task_names))
     model = build_model(preset, tokenizer, seed=seed)
     result = train(model, task_batches(tokenizer, tasks, batch_size, seed, answers_only), causal_lm_loss, config,
-                   out / RUN_DIR, progress=progress, description=f"teach {preset}")
+                   out / RUN_DIR, progress=progress, description=f"teach {preset}", accelerator=accelerator)
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return {}
     report = evaluate(LocalTeacher(model, tokenizer), tasks, n=eval_n, latency_samples=0, throughput_batch=0)
     card = {
         "kind": "stillwatch-teacher" if not answers_only else "stillwatch-answers-only",
@@ -88,6 +95,8 @@ def teach(out: str | Path, preset: str = "default", seed: int = 0, steps: int | 
         **run_info(seed, command),
     }
     card["train"].pop("losses")
+    card["machine"]["processes"] = accelerator.num_processes
     save_model(model, tokenizer, out, card)
     shutil.rmtree(out / RUN_DIR, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return card

@@ -53,3 +53,24 @@ def test_two_process_ddp_matches_one_process(store: Path, tmp_path: Path) -> Non
 
     fresh = build_model("student-tiny", load_tokenizer(one), seed=3).state_dict()
     assert max((a[k] - fresh[k]).abs().max().item() for k in a if k in fresh) > 1e-3
+
+
+def test_teach_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+    from stillwatch.teach import teach
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "stillwatch", "teach", "--preset", "tiny", "--steps", "6", "--task", "add",
+                           "--eval-n", "4", "--out", str(two)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("accuracy") == 1  # only the main process reports
+    one = tmp_path / "one"
+    teach(one, preset="tiny", steps=6, task_names=["add"], eval_n=4, progress=False)
+    card_one, card_two = read_card(one), read_card(two)
+    assert (card_two["machine"]["processes"], card_one["machine"]["processes"]) == (2, 1)
+    assert card_two["train"]["tokens"] == card_one["train"]["tokens"]
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    assert not (two / "_run").exists()

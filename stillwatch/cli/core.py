@@ -30,6 +30,8 @@ def teach(
     get_tasks(names)  # fail fast on an unknown task
     card = run_teach(out, preset=preset, seed=seed, steps=steps, task_names=names, eval_n=eval_n,
                      command="stillwatch " + " ".join(sys.argv[1:]))
+    if not card:  # a non-main process of a torchrun launch: the main one reports
+        return
     table = Table(title=f"teacher {out} ({card['parameters']:,} parameters, {card['train']['seconds']:.0f} s)")
     table.add_column("task")
     table.add_column("accuracy", justify="right")
