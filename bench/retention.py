@@ -154,6 +154,25 @@ def tokens_to_reach(rows: list[dict], method: str, level: float) -> int | None:
     return min(hits) if hits else None
 
 
+def check_targets(rows: list[dict]) -> dict:
+    """The issue's goals, read off the rows."""
+    students = [r for r in rows if not r["method"].startswith("gt-")]
+    best = max(students, key=lambda r: (r["min_reasoning_retention"] or 0, -r["teacher_tokens"]))
+    sft_tokens = tokens_to_reach(rows, "sft", TARGET_EFFICIENT_RETENTION)
+    efficient = {m: tokens_to_reach(rows, m, TARGET_EFFICIENT_RETENTION) for m in ("kd", "kd+on-policy")}
+    # When sft never reaches the level, it needs more than its largest harvest: a quarter of that is a bound.
+    sft_bound = sft_tokens or max(r["teacher_tokens"] for r in rows if r["method"] == "sft")
+    return {
+        "best_method": f"{best['method']}@{best['prompts_per_task']}",
+        "retention_ge_97_every_reasoning_task": (best["min_reasoning_retention"] or 0) >= TARGET_RETENTION,
+        "speedup_ge_3": (best["speedup"] or 0) >= TARGET_SPEEDUP,
+        "parameter_ratio_le_0_1": best["parameter_ratio"] <= 0.1,
+        "tokens_to_95_retention": {"sft": sft_tokens if sft_tokens else f"> {sft_bound}", **efficient},
+        "kd_or_on_policy_95_with_quarter_of_sft_tokens": any(
+            v is not None and v <= sft_bound / 4 for v in efficient.values()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a minute not half an hour")
@@ -210,19 +229,7 @@ def main() -> None:
         summarise(row, teacher)
         row["dir"] = str(Path(row["dir"]).relative_to(ROOT))
 
-    students = [r for r in rows if not r["method"].startswith("gt-")]
-    best = max(students, key=lambda r: (r["min_reasoning_retention"] or 0, -r["teacher_tokens"]))
-    sft_tokens = tokens_to_reach(rows, "sft", TARGET_EFFICIENT_RETENTION)
-    efficient = {m: tokens_to_reach(rows, m, TARGET_EFFICIENT_RETENTION) for m in ("kd", "kd+on-policy")}
-    targets = {
-        "best_method": f"{best['method']}@{best['prompts_per_task']}",
-        "retention_ge_97_every_reasoning_task": (best["min_reasoning_retention"] or 0) >= TARGET_RETENTION,
-        "speedup_ge_3": (best["speedup"] or 0) >= TARGET_SPEEDUP,
-        "parameter_ratio_le_0_1": best["parameter_ratio"] <= 0.1,
-        "tokens_to_95_retention": {"sft": sft_tokens, **efficient},
-        "kd_or_on_policy_95_with_quarter_of_sft_tokens": bool(sft_tokens) and any(
-            v is not None and v <= sft_tokens / 4 for v in efficient.values()),
-    }
+    targets = check_targets(rows)
     result = {"benchmark": "retention", **run_info(args.seed), "smoke": args.smoke,
               "sizes": {**size, "student_preset": preset, "jobs": args.jobs, "throughput_batches": THROUGHPUT_BATCHES,
                         "teacher": str(teacher_dir.relative_to(ROOT) if teacher_dir.is_relative_to(ROOT) else teacher_dir)},

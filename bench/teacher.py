@@ -4,6 +4,8 @@
     python bench/teacher.py --smoke    # tiny sizes, to keep the script working in CI
     python bench/teacher.py --reuse DIR   # take a teacher that `stillwatch teach` already trained (its card
                                           # holds the accuracy and the train time teach measured)
+    python bench/teacher.py --torchrun 2  # add to teacher.json a second training of the same schedule with
+                                          # torchrun, one process per core (the machine otherwise idle)
 
 The teacher is also left in runs/teacher-default for the other benchmarks and the demo.
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,7 +39,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-n", type=int, default=500)
     parser.add_argument("--reuse", type=Path, help="a teacher directory trained by `stillwatch teach`")
+    parser.add_argument("--torchrun", type=int, metavar="N", help="only time a training under torchrun with N "
+                        "processes and add it to the existing results")
     args = parser.parse_args()
+    if args.torchrun:
+        return time_torchrun(args.torchrun, args.smoke, args.seed)
 
     runs = ROOT / "runs"
     teacher_dir = runs / ("teacher-smoke" if args.smoke else "teacher-default")
@@ -87,6 +95,26 @@ def main() -> None:
         print(f"{label:<24}{card['parameters']:>10,}" + "".join(f"{a:>9.1%}" for a in card["accuracy"].values())
               + f"{card['train']['seconds']:>10.0f}")
     print(f"targets: {result['targets']}\nwrote {out.relative_to(ROOT)}")
+
+
+def time_torchrun(processes: int, smoke: bool, seed: int) -> None:
+    """Train the same teacher schedule under torchrun (gloo, one thread per process) and record time and accuracy."""
+    out_dir = ROOT / "runs" / ("teacher-torchrun-smoke" if smoke else "teacher-torchrun")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "stillwatch", "teach", "--out", str(out_dir), "--seed", str(seed),
+               *(["--preset", "tiny", "--steps", "30", "--eval-n", "20"] if smoke else [])]
+    subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    card = read_card(out_dir)
+    path = ROOT / "bench" / "results" / ("teacher-smoke.json" if smoke else "teacher.json")
+    result = json.loads(path.read_text())
+    result["teacher_torchrun"] = {"processes": processes, "accuracy": card["accuracy"], "eval_n": card["eval_n"],
+                                  "train_seconds": round(card["train"]["seconds"], 1), "steps": card["train"]["steps"],
+                                  "command": "python bench/teacher.py --torchrun " + str(processes),
+                                  "git_commit": card["git_commit"], "machine": card["machine"]}
+    result["targets"]["teacher_train_le_600s_torchrun"] = card["train"]["seconds"] <= TARGET_SECONDS
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"torchrun x{processes}: {card['train']['seconds']:.0f} s, accuracy {card['accuracy']}\nwrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
