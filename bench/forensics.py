@@ -59,12 +59,12 @@ class Sizes:
     closed_prompts: int = 300
     closed_samples: int = 4
     ad_train: int = 1500
-    # λ ≥ 1 breaks the teacher (its served accuracy falls to a few percent); the useful range is below.
-    ad_lambdas: tuple[float, ...] = (0.1, 0.3, 1.0)
+    # On the default teacher the served chain traces stay within a point of normal sampling up to λ = 1.
+    ad_lambdas: tuple[float, ...] = (0.3, 1.0, 3.0)
     ad_temperatures: tuple[float, ...] = (1.3,)
     ad_eval_n: int = 100
-    proxy_steps: int = 300
-    ad_student_steps: int = 2000
+    proxy_steps: int = 2000
+    ad_student_steps: int = 4000
     # The chain task: the one a 1/10 student learns from 1,500 traces within this budget, so a loss can show.
     ad_tasks: tuple[str, ...] = ("chain",)
 
