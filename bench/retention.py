@@ -36,11 +36,11 @@ import torch  # noqa: E402
 
 from stillwatch.data import causal_lm_loss  # noqa: E402
 from stillwatch.distill.run import DistillConfig, distill  # noqa: E402
-from stillwatch.evaluate import evaluate, generation_throughput  # noqa: E402
+from stillwatch.evaluate import evaluate, generation_throughput, throughput_prompts  # noqa: E402
 from stillwatch.harvest import HarvestStore, harvest, task_source, tokenizer_info  # noqa: E402
 from stillwatch.models import build_model, count_parameters, load_model, save_model  # noqa: E402
 from stillwatch.runinfo import run_info  # noqa: E402
-from stillwatch.tasks import REASONING_TASKS, TASK_NAMES, examples, get_tasks  # noqa: E402
+from stillwatch.tasks import REASONING_TASKS, TASK_NAMES, get_tasks  # noqa: E402
 from stillwatch.teach import task_batches, teach  # noqa: E402
 from stillwatch.teachers.completion import SamplingParams  # noqa: E402
 from stillwatch.teachers.local import LocalTeacher  # noqa: E402
@@ -130,19 +130,13 @@ def train_student(job: dict) -> dict:
             "accuracy": {k: v["accuracy"] for k, v in report["tasks"].items()}, "parameters": count_parameters(model)}
 
 
-def throughput_prompts(batch: int) -> list[str]:
-    """`batch` held-out prompts, the tasks taken in turn."""
-    per_task = [[e.prompt for e in examples(t, batch, 77)] for t in get_tasks(list(TASK_NAMES))]
-    return [group[i] for i in range(batch) for group in per_task][:batch]
-
-
 def paired_throughput(teacher_dir: Path, student_dir: Path, rounds: int = 5) -> tuple[dict, dict]:
     """Fixed-length greedy tokens/s of teacher and student per batch size: medians of `rounds` runs taken in
     alternation, so that the machine's drifting speed (other jobs, clocks) weighs on both sides alike."""
     models = [load_model(teacher_dir), load_model(student_dir)]
     rates: list[dict[str, list[float]]] = [defaultdict(list), defaultdict(list)]
     for batch in THROUGHPUT_BATCHES:
-        prompts = throughput_prompts(batch)
+        prompts = throughput_prompts(get_tasks(list(TASK_NAMES)), batch, 77)
         for model, tokenizer in models:  # warm-up
             generation_throughput(model, tokenizer, prompts, repeats=1)
         for _ in range(rounds):

@@ -59,7 +59,8 @@ def main() -> None:
             shutil.copytree(args.reuse, teacher_dir)
         teacher = read_card(teacher_dir)  # its train time as `teach` measured it; accuracy measured again here
         preset = teacher["preset"]
-        report = evaluate(LocalTeacher.from_dir(teacher_dir), get_tasks(), n=eval_n)
+        report = evaluate(LocalTeacher.from_dir(teacher_dir), get_tasks(), n=eval_n, latency_samples=0,
+                          throughput_batch=0)  # only the accuracy is reported
         teacher["accuracy"] = {name: row["accuracy"] for name, row in report["tasks"].items()}
     else:
         teacher = teach(teacher_dir, preset=preset, seed=args.seed, steps=steps, eval_n=eval_n, progress=True)

@@ -53,8 +53,8 @@ def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = 
         }
     model, tokenizer = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
     if model is not None and tokenizer is not None and throughput_batch > 0:
-        prompts = [e.prompt for t in tasks for e in examples(t, -(-throughput_batch // len(tasks)), seed + 2)]
-        report["tokens_per_s"] = generation_throughput(model, tokenizer, prompts[:throughput_batch])
+        prompts = throughput_prompts(tasks, throughput_batch, seed + 2)
+        report["tokens_per_s"] = generation_throughput(model, tokenizer, prompts)
         report["throughput"] = {"batch": throughput_batch, "new_tokens": THROUGHPUT_TOKENS, "method": "fixed-length"}
     else:  # a remote teacher: the rate of the evaluation's own requests
         report["tokens_per_s"] = generated / seconds if seconds else 0.0
@@ -62,6 +62,12 @@ def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = 
     report["latency_ms"] = _latency_ms(teacher, tasks, latency_samples, seed)
     report["parameters"] = count_parameters(model) if model is not None else None
     return report
+
+
+def throughput_prompts(tasks: Sequence[Task], batch: int, seed: int) -> list[str]:
+    """`batch` held-out prompts, the tasks taken in turn (so any batch size mixes them)."""
+    per_task = [[e.prompt for e in examples(t, -(-batch // len(tasks)), seed)] for t in tasks]
+    return [group[i] for i in range(len(per_task[0])) for group in per_task][:batch]
 
 
 @torch.inference_mode()

@@ -12,7 +12,6 @@ from typing import Literal
 from stillwatch.runinfo import git_commit
 
 
-
 def _p(value: float | None, log10: float | None = None) -> str:
     if value is None:
         return "-"
