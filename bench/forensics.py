@@ -56,12 +56,22 @@ class Sizes:
     radio_total: int = 3000
     fractions: tuple[float, ...] = (0.01, 0.05, 0.10, 1.0)
     student_steps: int = 1500
+    # The suspect: the teacher's architecture, a distiller who wants the teacher's behaviour, not a 1/10 copy.
+    # The 1/10 `student` preset barely fits the story's word choices, so it inherits little of the tilt.
+    radio_preset: str = "default"
     closed_prompts: int = 300
     closed_samples: int = 4
+    # Per-window votes: each window's two most chosen tokens (open: among the suspect's top-1 predictions; closed:
+    # among many samples at a lower temperature, which concentrate on what the suspect prefers).
+    votes_top: int = 2
+    closed_votes_samples: int = 256
+    closed_votes_temperature: float = 0.5
     ad_train: int = 1500
-    # On the default teacher the served chain traces stay within a point of normal sampling up to λ = 1.
-    ad_lambdas: tuple[float, ...] = (0.3, 1.0, 3.0)
-    ad_temperatures: tuple[float, ...] = (1.3,)
+    # With the competent proxy below, λ = 0.3 already breaks most served chain traces (an earlier run).
+    ad_lambdas: tuple[float, ...] = (0.02, 0.05, 0.1)
+    ad_temperatures: tuple[float, ...] = ()  # extra unmatched baselines; each λ gets a matched one anyway
+    ad_calibration: int = 300
+    ad_bisections: int = 7
     ad_eval_n: int = 100
     proxy_steps: int = 2000
     ad_student_steps: int = 4000
@@ -70,8 +80,9 @@ class Sizes:
 
 
 SMOKE = Sizes(detect_texts=60, fpr_texts=1000, eval_n=30, deltas=(2.0,), radio_total=300, fractions=(0.05, 1.0),
-              student_steps=60, closed_prompts=40, closed_samples=2, ad_train=120, ad_lambdas=(3.0,),
-              ad_temperatures=(1.6,), ad_eval_n=20, proxy_steps=40, ad_student_steps=60)
+              student_steps=60, radio_preset="student", closed_prompts=40, closed_samples=2, closed_votes_samples=8,
+              ad_train=120, ad_lambdas=(3.0,), ad_calibration=20, ad_bisections=2, ad_eval_n=20, proxy_steps=40,
+              ad_student_steps=60)
 
 
 def teacher_dir() -> Path:
@@ -173,6 +184,8 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Watermark
 
 # --- part 2: radioactivity against the contaminated fraction -------------------------------------------------
 
+RADIO_STATS = ("open", "open_votes", "closed", "closed_votes")
+
 def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: WatermarkConfig) -> dict:
     tok, story = teacher.tokenizer, get_task("story")
     config = wm
@@ -193,21 +206,36 @@ def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Water
         row = {"fraction": fraction, "watermarked_texts": n_wm, "training_texts": sizes.radio_total}
         for name, served in (("suspect", marked), ("control", plain)):
             student = train_student(tok, prompts + [e.prompt for e in rest],
-                                    [c.text for c in served] + [e.trace for e in rest], seed, sizes.student_steps)
+                                    [c.text for c in served] + [e.trace for e in rest], seed, sizes.student_steps,
+                                    sizes.radio_preset)
             with tempfile.TemporaryDirectory() as d:
                 path = save_model(student, tok, Path(d) / "m")
-                open_report = prove(evidence, config, tok, suspect_dir=path)
+                reports = {"open": prove(evidence, config, tok, suspect_dir=path),
+                           "open_votes": prove(evidence, config, tok, suspect_dir=path,
+                                               settings=ProveSettings(per_window_top=sizes.votes_top))}
+            suspect = LocalTeacher(student, tok)
             closed = ProveSettings(max_prompts=sizes.closed_prompts, samples_per_prompt=sizes.closed_samples,
                                    max_tokens=48, seed=seed)
-            closed_report = prove(evidence, config, tok, suspect_teacher=LocalTeacher(student, tok), settings=closed)
-            for mode, rep in (("open", open_report), ("closed", closed_report)):
+            votes = dataclasses.replace(closed, samples_per_prompt=sizes.closed_votes_samples,
+                                        temperature=sizes.closed_votes_temperature,
+                                        per_window_top=sizes.votes_top)
+            reports["closed"] = prove(evidence, config, tok, suspect_teacher=suspect, settings=closed)
+            reports["closed_votes"] = prove(evidence, config, tok, suspect_teacher=suspect, settings=votes)
+            for mode, rep in reports.items():
                 row[f"{name}_{mode}"] = {"p_value": rep["test"]["p_value"], "log10_p": rep["test"]["log10_p_value"],
                                          "tuples": rep["test"]["num_tuples_scored"],
                                          "green_fraction": rep["test"]["green_fraction"],
                                          "verdict": rep["verdict"]}
         rows.append(row)
-    return {"rows": rows, "student_steps": sizes.student_steps, "student_preset": "student",
-            "note": "closed mode samples the student through the Teacher protocol in process (same code path as "
+    return {"rows": rows, "student_steps": sizes.student_steps, "student_preset": sizes.radio_preset,
+            "statistics": {"open": "every distinct (window, top-1 prediction) tuple (Sander et al.)",
+                           "open_votes": f"per window, the {sizes.votes_top} most predicted tokens",
+                           "closed": f"every distinct generated tuple, {sizes.closed_samples} samples per "
+                                     "distinct prompt at T = 1 (Sander et al.)",
+                           "closed_votes": f"per window, the {sizes.votes_top} most generated tokens, "
+                                           f"{sizes.closed_votes_samples} samples per distinct prompt at "
+                                           f"T = {sizes.closed_votes_temperature}"},
+            "note": "closed mode samples the suspect through the Teacher protocol in process (same code path as "
                     "an OpenAI-compatible endpoint, without HTTP)"}
 
 
@@ -231,12 +259,14 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
                                                        SamplingParams(max_tokens=96, temperature=0.0))]
     gradient = holdout_gradient(proxy, tok, [e.prompt for e in held], held_traces)
 
-    def condition(label: str, temperature: float, lam: float) -> dict:
-        began = time.time()
+    def served(temperature: float, lam: float, on: list[str]) -> list[str]:
         extra = [AntidistillProcessor(proxy, gradient, lam, 1e-2, tok.pad_token_id)] if lam else []
         params = SamplingParams(max_tokens=96, temperature=temperature, seed=seed + 42)
-        texts = normal if (lam == 0 and temperature == 1.0) else \
-            [o[0].text for o in teacher.generate(prompts, params, extra_processors=extra)]
+        return [o[0].text for o in teacher.generate(on, params, extra_processors=extra)]
+
+    def condition(label: str, temperature: float, lam: float) -> dict:
+        began = time.time()
+        texts = normal if (lam == 0 and temperature == 1.0) else served(temperature, lam, prompts)
         student = train_student(tok, prompts, texts, seed, sizes.ad_student_steps)
         report = evaluate(LocalTeacher(student, tok), tasks, n=sizes.ad_eval_n, latency_samples=0,
                           throughput_batch=0)
@@ -246,11 +276,29 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
                 "student_per_task": {k: v["accuracy"] for k, v in report["tasks"].items()},
                 "seconds": round(time.time() - began, 1)}
 
+    def matched_temperature(target: float) -> float:
+        """The temperature at which plain sampling is as accurate as `target` (bisection on a calibration set)."""
+        calibration = prompts[:sizes.ad_calibration]
+        low, high = 1.0, 4.0
+        for _ in range(sizes.ad_bisections):
+            middle = (low + high) / 2
+            if _served_accuracy(calibration, served(middle, 0.0, calibration)) > target:
+                low = middle
+            else:
+                high = middle
+        return round((low + high) / 2, 3)
+
     rows = [condition("normal sampling", 1.0, 0.0)]
-    rows += [condition(f"antidistill λ={lam:g}", 1.0, lam) for lam in sizes.ad_lambdas]
+    for lam in sizes.ad_lambdas:
+        poisoned = condition(f"antidistill λ={lam:g}", 1.0, lam)
+        # the baseline the paper compares against: plain sampling degraded to the same teacher accuracy
+        temperature = matched_temperature(poisoned["teacher_accuracy"])
+        rows += [poisoned, {**condition(f"temperature {temperature:g} (matched to λ={lam:g})", temperature, 0.0),
+                            "matched_to_lambda": lam}]
     rows += [condition(f"temperature {t:g}", t, 0.0) for t in sizes.ad_temperatures]
     return {"rows": rows, "train_traces": len(prompts), "proxy": "student preset, "
-            f"{sizes.proxy_steps} steps on normal traces", "epsilon": 1e-2, "student_steps": sizes.ad_student_steps}
+            f"{sizes.proxy_steps} steps on normal traces", "epsilon": 1e-2, "student_steps": sizes.ad_student_steps,
+            "calibration_prompts": sizes.ad_calibration}
 
 
 def _table(title: str, header: list[str], rows: list[list]) -> None:
@@ -273,6 +321,7 @@ def main() -> None:
                         help="watermark window (tokens) for detection and radioactivity")
     parser.add_argument("--radio-total", type=int, help="training texts of each radioactivity student")
     parser.add_argument("--student-steps", type=int, help="steps of each radioactivity student")
+    parser.add_argument("--radio-preset", help="model preset of each radioactivity suspect and control")
     parser.add_argument("--fractions", help="watermarked fractions, comma-separated")
     parser.add_argument("--teacher", type=Path, help="teacher directory (default runs/teacher-default)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/forensics.json)")
@@ -283,7 +332,7 @@ def main() -> None:
                  "ad_lambdas": args.ad_lambdas and tuple(float(x) for x in args.ad_lambdas.split(",")),
                  "ad_temperatures": args.ad_temperatures and tuple(float(x) for x in args.ad_temperatures.split(",")),
                  "ad_student_steps": args.ad_student_steps, "radio_total": args.radio_total,
-                 "student_steps": args.student_steps,
+                 "student_steps": args.student_steps, "radio_preset": args.radio_preset,
                  "fractions": args.fractions and tuple(float(x) for x in args.fractions.split(","))}
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v})
     tdir = args.teacher or teacher_dir()
@@ -295,15 +344,18 @@ def main() -> None:
                      "teacher": str(tdir.relative_to(ROOT)) if tdir.is_relative_to(ROOT) else str(tdir),
                      "sizes": asdict(sizes), "watermark": wm.public_dict(), "seconds": {}}
     parts = args.parts.split(",")
+    # partial runs merge into one file: each part keeps the command, commit and seed that produced it
+    provenance = {"command": results["command"], "commit": results["commit"], "seed": args.seed,
+                  "sizes": results["sizes"]}
     if "detection" in parts:
         began = time.time()
-        d = results["detection"] = part_detection(teacher, sizes, args.seed, wm)
+        d = results["detection"] = {**part_detection(teacher, sizes, args.seed, wm), **provenance}
         results["seconds"]["detection"] = round(time.time() - began, 1)
         _table("watermark on the story task and its accuracy cost (points, greedy eval)",
                ["delta", "tokens/text", "green %", "z/text", "texts z>=4", "tokens for z>=4",
                 *[f"cost {t}" for t in (*REASONING_TASKS, "story")]],
-               [[k, f"{v['mean_tokens_per_text']:.1f}", f"{v['mean_green_fraction']:.1%}", f"{v['mean_z_per_text']:.2f}",
-                 f"{v['texts_flagged_z4']:.0%}", v["tokens_for_z4_median"],
+               [[k, f"{v['mean_tokens_per_text']:.1f}", f"{v['mean_green_fraction']:.1%}",
+                 f"{v['mean_z_per_text']:.2f}", f"{v['texts_flagged_z4']:.0%}", v["tokens_for_z4_median"],
                  *[f"{v['accuracy_cost_points'][t]:+.1f}" for t in (*REASONING_TASKS, "story")]]
                 for k, v in d["deltas"].items()])
         fp = d["false_positives"]
@@ -315,18 +367,16 @@ def main() -> None:
                + [["z>=4 (nominal 3.2e-5)", f"{fp['z_ge_4']:.4f}", "", f"{own['z_ge_4']:.4f}", ""]])
     if "radioactivity" in parts:
         began = time.time()
-        r = results["radioactivity"] = part_radioactivity(teacher, sizes, args.seed, wm)
+        r = results["radioactivity"] = {**part_radioactivity(teacher, sizes, args.seed, wm), **provenance}
         results["seconds"]["radioactivity"] = round(time.time() - began, 1)
-        _table("radioactivity: log10 p of the suspect (trained on a watermarked fraction) and of its control",
-               ["fraction", "wm texts", "open suspect", "open control", "closed suspect", "closed control",
-                "tuples open/closed"],
-               [[f"{x['fraction']:.0%}", x["watermarked_texts"], f"{x['suspect_open']['log10_p']:.1f}",
-                 f"{x['control_open']['log10_p']:.2f}", f"{x['suspect_closed']['log10_p']:.1f}",
-                 f"{x['control_closed']['log10_p']:.2f}",
-                 f"{x['suspect_open']['tuples']}/{x['suspect_closed']['tuples']}"] for x in r["rows"]])
+        _table("radioactivity: log10 p of the suspect (trained on a watermarked fraction) / of its control",
+               ["fraction", "wm texts", "open", "open votes", "closed", "closed votes", "tuples (each statistic)"],
+               [[f"{x['fraction']:.0%}", x["watermarked_texts"],
+                 *[f"{x[f'suspect_{m}']['log10_p']:.1f} / {x[f'control_{m}']['log10_p']:.2f}" for m in RADIO_STATS],
+                 "/".join(str(x[f"suspect_{m}"]["tuples"]) for m in RADIO_STATS)] for x in r["rows"]])
     if "antidistill" in parts:
         began = time.time()
-        a = results["antidistill"] = part_antidistill(teacher, sizes, args.seed)
+        a = results["antidistill"] = {**part_antidistill(teacher, sizes, args.seed), **provenance}
         results["seconds"]["antidistill"] = round(time.time() - began, 1)
         _table("antidistillation: accuracy of the served traces and of a student distilled from them",
                ["condition", "teacher acc", "student acc"],

@@ -54,6 +54,22 @@ def test_tape_deduplicates_and_skips_prompt_and_earlier_windows():
         TupleTape(window=0)
 
 
+def test_per_window_votes_score_each_windows_most_chosen_tokens():
+    tape = TupleTape(window=1, per_window_top=1)
+    # closed mode: the suspect wrote 3 4 3 4 3 5 after prompt [1]: (3,) chose 4 twice and 5 once, (4,) chose 3 twice
+    tape.add_text([1], [3, 4, 3, 4, 3, 5], [3, 4, 3, 4, 3, 5], skip_repeated_windows=False)
+    assert tape.scored() == [((3,), 4), ((4,), 3)] and tape.tuples == []
+    assert tape.excluded == {"window_in_prompt": 1}
+    tape.add_text([1], [3, 5], [3, 5], skip_repeated_windows=False)  # (3,) now ties 4 and 5: the lower id wins
+    assert tape.scored() == [((3,), 4), ((4,), 3)]
+    tape.per_window_top = 2
+    assert tape.scored() == [((3,), 4), ((3,), 5), ((4,), 3)]
+    config = WatermarkConfig(key=KEY)
+    assert radioactivity_test(tape, config, 453, "closed").num_tuples_scored == 3
+    with pytest.raises(ConfigError):
+        TupleTape(window=1, per_window_top=0)
+
+
 def test_green_count_of_a_tape_is_binomial_tested():
     config = WatermarkConfig(key=KEY)
     from stillwatch.forensics.watermark import green_oracle

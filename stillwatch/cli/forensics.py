@@ -132,6 +132,9 @@ def prove_cmd(
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature (closed mode)."),
     kgram_top: Optional[int] = typer.Option(None, "--kgram-top", min=1, help="Score only the N windows most "
                                             "frequent in the evidence (Sander et al.'s filter)."),
+    per_window_top: Optional[int] = typer.Option(None, "--per-window-top", min=1, help="Score only each "
+                                                 "window's M most chosen tokens instead of every distinct one "
+                                                 "(stronger where texts offer few windows)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Test whether a suspect model was trained on your watermarked outputs; writes a report with controls."""
@@ -155,7 +158,8 @@ def prove_cmd(
                           f"{evidence} (fingerprint {recorded['key_fingerprint']})")
     tok, tok_dir = _tokenizer(tokenizer, evidence_tokenizer_dir(evidence), str(suspect) if suspect else None)
     settings = ProveSettings(alpha=alpha, max_texts=max_texts, task=task, max_prompts=max_prompts,
-                             samples_per_prompt=samples, temperature=temperature, kgram_top=kgram_top, seed=seed)
+                             samples_per_prompt=samples, temperature=temperature, kgram_top=kgram_top,
+                             per_window_top=per_window_top, seed=seed)
     ev = load_evidence(evidence, tok, account=account, task=task)
     report = prove(ev, config, tok, suspect_dir=suspect, suspect_endpoint=suspect_endpoint, api_key=api_key,
                    control_dirs=control or (), settings=settings, endpoint_model=served_model)

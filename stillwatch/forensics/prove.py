@@ -59,6 +59,8 @@ class ProveSettings:
     temperature: float = 1.0
     max_tokens: int = 96
     kgram_top: int | None = None
+    # None: every distinct (window, token) tuple (Sander et al.); m: each window's m most chosen tokens
+    per_window_top: int | None = None
     seed: int = 0
 
 
@@ -240,7 +242,7 @@ def open_tape(model_dir: str | Path, evidence: Evidence, config: WatermarkConfig
     texts = evidence.texts[:settings.max_texts]
     kfilter = frequent_windows(texts, config.window, settings.kgram_top) if settings.kgram_top else None
     return reading_tape(model, texts, config.window, kfilter, settings.batch_size,
-                        pad_token_id=tokenizer.pad_token_id or 0)
+                        pad_token_id=tokenizer.pad_token_id or 0, per_window_top=settings.per_window_top)
 
 
 def closed_tape(endpoint: str, api_key: str | None, evidence: Evidence, config: WatermarkConfig,
@@ -277,7 +279,7 @@ def closed_tape(endpoint: str, api_key: str | None, evidence: Evidence, config: 
     info = {"prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt,
             "temperature": settings.temperature, "max_tokens": settings.max_tokens,
             "generated_tokens": sum(len(g) for _, g in generations)}
-    return generation_tape(generations, config.window, kfilter), info
+    return generation_tape(generations, config.window, kfilter, settings.per_window_top), info
 
 
 def prove(evidence: Evidence, config: WatermarkConfig, tokenizer: PreTrainedTokenizerBase,
@@ -325,7 +327,7 @@ def prove(evidence: Evidence, config: WatermarkConfig, tokenizer: PreTrainedToke
         "suspect": str(suspect_dir or suspect_endpoint or getattr(suspect_teacher, "name", "suspect")),
         "mode": mode,
         "alpha": settings.alpha,
-        "method": METHOD[mode],
+        "method": METHOD[mode] + (PER_WINDOW.format(m=settings.per_window_top) if settings.per_window_top else ""),
         "watermark": config.public_dict(),
         "evidence": {"source": evidence.source, "account": evidence.account, "teacher": evidence.teacher,
                      "texts": len(evidence.texts), "texts_used": min(len(evidence.texts), settings.max_texts)
@@ -349,3 +351,6 @@ METHOD = {
                "windows. Tuples are de-duplicated, windows that occur in the prompt are skipped, and the number of "
                "green tuples is tested against Binomial(N, gamma) with an exact tail."),
 }
+PER_WINDOW = (" Per-window votes: instead of every distinct tuple, each window contributes only the {m} token(s) the "
+                   "suspect chose most often after it (ties broken by token id); the choice is made before any green "
+                   "list is consulted, so under H0 each scored tuple is still green with probability gamma.")

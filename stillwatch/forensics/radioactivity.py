@@ -8,11 +8,17 @@ the test scores (watermark window, token) tuples with the key:
 - windows that occur in the text's own prompt are skipped (the suspect could copy them from its input);
 - in reading mode, windows that already occurred earlier in the same text are skipped too: the model sees what
   followed them, and copying a watermarked continuation is not radioactivity (the reference code's rule);
-- an optional filter keeps only windows frequent in the watermarked data (the filter φ of §4.2).
+- an optional filter keeps only windows frequent in the watermarked data (the filter φ of §4.2);
+- optionally (`per_window_top=m`), each window contributes only the m tokens the suspect chose most often after
+  it (ties broken by token id), instead of every distinct token it ever chose. Where the texts offer few
+  windows (small vocabularies, one-token windows), sampling soon produces every plausible (window, token)
+  pair, so the set of distinct tuples no longer depends on how often the suspect favours the green ones; its
+  most frequent choices still do.
 
-Which tuples get scored never depends on the key, so under H0 (the suspect never saw the key's text) each tuple's
-green bit is an independent Bernoulli(γ) draw and the number of green tuples is Binomial(N, γ): the p-value is its
-exact upper tail, computed in log space so that it stays exact far below 1e-300.
+Which tuples get scored never depends on the key (votes are counted before any green list is looked at), so
+under H0 (the suspect never saw the key's text) each tuple's green bit is an independent Bernoulli(γ) draw and
+the number of green tuples is Binomial(N, γ): the p-value is its exact upper tail, computed in log space so that
+it stays exact far below 1e-300.
 """
 
 from __future__ import annotations
@@ -69,15 +75,26 @@ class TupleTape:
 
     window: int
     kgram_filter: frozenset[Window] | None = None
+    per_window_top: int | None = None
     tuples: list[ScoredTuple] = field(default_factory=list)
     positions: int = 0
     excluded: Counter = field(default_factory=Counter)
     _seen: set[ScoredTuple] = field(default_factory=set, repr=False)
+    _votes: dict[Window, Counter] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ConfigError("radioactivity needs a watermark window of at least one token "
                               "(selfhash with context width 1 seeds from the token alone)")
+        if self.per_window_top is not None and self.per_window_top < 1:
+            raise ConfigError(f"per-window top must be at least 1, got {self.per_window_top}")
+
+    def scored(self) -> list[ScoredTuple]:
+        """The tuples the test scores: every distinct one, or each window's `per_window_top` most voted tokens."""
+        if self.per_window_top is None:
+            return self.tuples
+        return [(window, token) for window, votes in self._votes.items()
+                for token, _ in sorted(votes.items(), key=lambda item: (-item[1], item[0]))[:self.per_window_top]]
 
     def add_text(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], predictions: Sequence[int],
                  skip_repeated_windows: bool) -> None:
@@ -98,14 +115,17 @@ class TupleTape:
                 reason = "window_in_prompt"
             elif skip_repeated_windows and window in earlier:
                 reason = "window_seen_earlier_in_text"
-            elif (window, int(token)) in self._seen:
-                reason = "duplicate"
             earlier.add(window)
+            pair = (window, int(token))
             if reason:
                 self.excluded[reason] += 1
-                continue
-            self._seen.add((window, int(token)))
-            self.tuples.append((window, int(token)))
+            elif self.per_window_top is not None:
+                self._votes.setdefault(window, Counter())[pair[1]] += 1  # which tokens count is decided in scored()
+            elif pair in self._seen:
+                self.excluded["duplicate"] += 1
+            else:
+                self._seen.add(pair)
+                self.tuples.append(pair)
 
 
 @dataclass
@@ -133,23 +153,24 @@ def radioactivity_test(tape: TupleTape, config: WatermarkConfig, vocab_size: int
                        sample: int = 20) -> RadioactivityResult:
     """Count green tuples under `config`'s key and return the exact binomial p-value (Sander et al., §4)."""
     oracle = green_oracle(config, vocab_size)
-    bits = [oracle.is_green(w, t) for w, t in tape.tuples]
+    tuples = tape.scored()
+    bits = [oracle.is_green(w, t) for w, t in tuples]
     n, k = len(bits), int(sum(bits))
     log_p = log_binomial_tail(k, n, config.gamma)
     return RadioactivityResult(
         mode=mode, num_tuples_scored=n, num_green=k, gamma=config.gamma, green_fraction=k / n if n else 0.0,
         z_score=z_score(k, n, config.gamma), p_value=math.exp(log_p), log10_p_value=log_p / math.log(10),
         positions=tape.positions, excluded=dict(tape.excluded),
-        sample_tuples=[{"window": list(w), "token": t, "green": g} for (w, t), g in list(zip(tape.tuples, bits))[:sample]],
+        sample_tuples=[{"window": list(w), "token": t, "green": g} for (w, t), g in list(zip(tuples, bits))[:sample]],
     )
 
 
 @torch.inference_mode()
 def reading_tape(model: torch.nn.Module, texts: Sequence[EvidenceText], window: int,
                  kgram_filter: Iterable[Window] | None = None, batch_size: int = 32,
-                 pad_token_id: int = 0) -> TupleTape:
+                 pad_token_id: int = 0, per_window_top: int | None = None) -> TupleTape:
     """Open model: teacher-force each text and put the suspect's top-1 prediction at every completion position."""
-    tape = TupleTape(window, frozenset(kgram_filter) if kgram_filter is not None else None)
+    tape = TupleTape(window, frozenset(kgram_filter) if kgram_filter is not None else None, per_window_top)
     device = next(model.parameters()).device
     limit = int(getattr(getattr(model, "config", None), "max_position_embeddings", 1 << 30))
     for start in range(0, len(texts), batch_size):
@@ -171,9 +192,9 @@ def reading_tape(model: torch.nn.Module, texts: Sequence[EvidenceText], window: 
 
 
 def generation_tape(generations: Sequence[tuple[Sequence[int], Sequence[int]]], window: int,
-                    kgram_filter: Iterable[Window] | None = None) -> TupleTape:
+                    kgram_filter: Iterable[Window] | None = None, per_window_top: int | None = None) -> TupleTape:
     """Closed model: score the tokens the suspect generated itself, (prompt ids, generated ids) per sample."""
-    tape = TupleTape(window, frozenset(kgram_filter) if kgram_filter is not None else None)
+    tape = TupleTape(window, frozenset(kgram_filter) if kgram_filter is not None else None, per_window_top)
     for prompt_ids, generated in generations:
         tape.add_text(prompt_ids, generated, list(generated), skip_repeated_windows=False)
     return tape
