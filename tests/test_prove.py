@@ -141,10 +141,14 @@ def test_open_model_trained_on_watermarked_outputs_is_named_and_controls_are_cle
     assert report["controls"]["evidence_watermark"]["passed"]
     assert report["controls"]["wrong_keys"]["passed"]
     assert report["controls"]["reference_models"][0]["passed"]
+    votes = ProveSettings(per_window_top=2)
+    assert prove(world.evidence, world.config, world.tok, suspect_dir=world.suspect,
+                 settings=votes)["test"]["p_value"] < 1e-3
     for control in world.controls:  # several seeds: a false accusation is the worst bug here
-        r = prove(world.evidence, world.config, world.tok, suspect_dir=control)
-        assert r["test"]["p_value"] >= 0.01, (control, r["test"])
-        assert r["verdict"] == "not shown"
+        for settings in (None, votes):
+            r = prove(world.evidence, world.config, world.tok, suspect_dir=control, settings=settings)
+            assert r["test"]["p_value"] >= 0.01, (control, settings, r["test"])
+            assert r["verdict"] == "not shown"
 
 
 def test_closed_model_through_the_teacher_protocol(world):
@@ -157,6 +161,12 @@ def test_closed_model_through_the_teacher_protocol(world):
     control = prove(world.evidence, world.config, world.tok,
                     suspect_teacher=LocalTeacher.from_dir(world.controls[0]), settings=settings)
     assert control["test"]["p_value"] >= 0.01 and control["verdict"] == "not shown"
+    votes = ProveSettings(max_prompts=150, samples_per_prompt=32, temperature=0.5, max_tokens=40, per_window_top=2)
+    for model, derived in ((world.suspect, True), *((c, False) for c in world.controls)):
+        r = prove(world.evidence, world.config, world.tok, suspect_teacher=LocalTeacher.from_dir(model),
+                  settings=votes)
+        assert (r["test"]["p_value"] < 1e-3) if derived else (r["test"]["p_value"] >= 0.01), (model, r["test"])
+        assert "Per-window votes" in r["method"]
 
 
 def test_wrong_key_finds_nothing_and_makes_the_verdict_inconclusive(world):
@@ -184,6 +194,10 @@ def test_cli_prove_on_a_harvest_store_writes_the_report(world, tmp_path, monkeyp
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] == "derived" and report["tokenizer"] == str(world.teacher_dir)
     assert "DERIVED" in (out / "report.html").read_text()
+    main(["prove", "--suspect", str(world.suspect), "--evidence", str(store_path), "--out", str(out / "votes"),
+          "--per-window-top", "2"])
+    votes = json.loads((out / "votes" / "report.json").read_text())
+    assert votes["settings"]["per_window_top"] == 2 and "Per-window votes" in votes["method"]
     monkeypatch.setenv("STILLWATCH_WATERMARK_KEY", "another-key")  # the store knows its key's fingerprint
     with pytest.raises(SystemExit) as exc:
         main(["prove", "--suspect", str(world.suspect), "--evidence", str(store_path), "--out", str(out)])
