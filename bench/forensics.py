@@ -36,7 +36,7 @@ from stillwatch.forensics.antidistill import AntidistillProcessor, holdout_gradi
 from stillwatch.forensics.prove import Evidence, ProveSettings, prove  # noqa: E402
 from stillwatch.forensics.radioactivity import EvidenceText  # noqa: E402
 from stillwatch.forensics.watermark import WatermarkConfig, detect, watermark_processor, z_score  # noqa: E402
-from stillwatch.models import build_model, save_model  # noqa: E402
+from stillwatch.models import build_model, load_model, save_model  # noqa: E402
 from stillwatch.tasks import REASONING_TASKS, examples, get_task  # noqa: E402
 from stillwatch.teachers.completion import SamplingParams  # noqa: E402
 from stillwatch.teachers.local import LocalTeacher  # noqa: E402
@@ -245,7 +245,7 @@ def _served_accuracy(prompts: list[str], texts: list[str]) -> float:
     return sum(get_task(p.split(":", 1)[0]).score(p, t) for p, t in zip(prompts, texts)) / len(prompts)
 
 
-def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
+def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int, proxy_dir: Path | None = None) -> dict:
     tok = teacher.tokenizer
     tasks = [get_task(t) for t in sizes.ad_tasks]
     prompts = [e.prompt for t in tasks for e in examples(t, sizes.ad_train // len(tasks), seed + 40)]
@@ -253,7 +253,10 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
     normal = [o[0].text for o in teacher.generate(prompts, SamplingParams(max_tokens=96, temperature=1.0,
                                                                           seed=seed + 41))]
     # the proxy student: a quick distillation of normal traces (the provider's guess of a distiller's model)
-    proxy = train_student(tok, prompts, normal, seed + 1, sizes.proxy_steps)
+    if proxy_dir is not None:  # the proxy the gateway will use (STILLWATCH_ANTIDISTILL_PROXY): calibrate λ for it
+        proxy = load_model(proxy_dir)[0]
+    else:
+        proxy = train_student(tok, prompts, normal, seed + 1, sizes.proxy_steps)
     held = [e for t in tasks for e in examples(t, 24, seed + 50)]
     held_traces = [o[0].text for o in teacher.generate([e.prompt for e in held],
                                                        SamplingParams(max_tokens=96, temperature=0.0))]
@@ -296,9 +299,9 @@ def part_antidistill(teacher: LocalTeacher, sizes: Sizes, seed: int) -> dict:
         rows += [poisoned, {**condition(f"temperature {temperature:g} (matched to λ={lam:g})", temperature, 0.0),
                             "matched_to_lambda": lam}]
     rows += [condition(f"temperature {t:g}", t, 0.0) for t in sizes.ad_temperatures]
-    return {"rows": rows, "train_traces": len(prompts), "proxy": "student preset, "
-            f"{sizes.proxy_steps} steps on normal traces", "epsilon": 1e-2, "student_steps": sizes.ad_student_steps,
-            "calibration_prompts": sizes.ad_calibration}
+    return {"rows": rows, "train_traces": len(prompts),
+            "proxy": str(proxy_dir) if proxy_dir else f"student preset, {sizes.proxy_steps} steps on normal traces",
+            "epsilon": 1e-2, "student_steps": sizes.ad_student_steps, "calibration_prompts": sizes.ad_calibration}
 
 
 def _table(title: str, header: list[str], rows: list[list]) -> None:
@@ -316,6 +319,7 @@ def main() -> None:
     parser.add_argument("--ad-tasks", help="antidistillation tasks, comma-separated (default: all reasoning)")
     parser.add_argument("--ad-lambdas", help="antidistillation λ values, comma-separated")
     parser.add_argument("--ad-temperatures", help="temperature-only baselines, comma-separated")
+    parser.add_argument("--ad-proxy", type=Path, help="antidistillation proxy model directory (default: train one)")
     parser.add_argument("--ad-student-steps", type=int, help="steps of each distilled student")
     parser.add_argument("--context-width", type=int, default=WatermarkConfig.context_width,
                         help="watermark window (tokens) for detection and radioactivity")
@@ -376,7 +380,7 @@ def main() -> None:
                  "/".join(str(x[f"suspect_{m}"]["tuples"]) for m in RADIO_STATS)] for x in r["rows"]])
     if "antidistill" in parts:
         began = time.time()
-        a = results["antidistill"] = {**part_antidistill(teacher, sizes, args.seed), **provenance}
+        a = results["antidistill"] = {**part_antidistill(teacher, sizes, args.seed, args.ad_proxy), **provenance}
         results["seconds"]["antidistill"] = round(time.time() - began, 1)
         _table("antidistillation: accuracy of the served traces and of a student distilled from them",
                ["condition", "teacher acc", "student acc"],
