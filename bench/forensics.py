@@ -66,6 +66,8 @@ class Sizes:
     votes_top: int = 2
     closed_votes_samples: int = 256
     closed_votes_temperature: float = 0.5
+    # closed mode when the API returns log-probabilities: vote with the suspect's most likely token (T = 1)
+    closed_logprobs_samples: int = 64
     ad_train: int = 1500
     # With the competent proxy below, λ = 0.3 already breaks most served chain traces (an earlier run).
     ad_lambdas: tuple[float, ...] = (0.02, 0.05, 0.1)
@@ -81,8 +83,8 @@ class Sizes:
 
 SMOKE = Sizes(detect_texts=60, fpr_texts=1000, eval_n=30, deltas=(2.0,), radio_total=300, fractions=(0.05, 1.0),
               student_steps=60, radio_preset="student", closed_prompts=40, closed_samples=2, closed_votes_samples=8,
-              ad_train=120, ad_lambdas=(3.0,), ad_calibration=20, ad_bisections=2, ad_eval_n=20, proxy_steps=40,
-              ad_student_steps=60)
+              closed_logprobs_samples=4, ad_train=120, ad_lambdas=(3.0,), ad_calibration=20, ad_bisections=2,
+              ad_eval_n=20, proxy_steps=40, ad_student_steps=60)
 
 
 def teacher_dir() -> Path:
@@ -184,7 +186,7 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Watermark
 
 # --- part 2: radioactivity against the contaminated fraction -------------------------------------------------
 
-RADIO_STATS = ("open", "open_votes", "closed", "closed_votes")
+RADIO_STATS = ("open", "open_votes", "closed", "closed_votes", "closed_logprobs")
 
 def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: WatermarkConfig) -> dict:
     tok, story = teacher.tokenizer, get_task("story")
@@ -221,6 +223,9 @@ def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Water
                                         per_window_top=sizes.votes_top)
             reports["closed"] = prove(evidence, config, tok, suspect_teacher=suspect, settings=closed)
             reports["closed_votes"] = prove(evidence, config, tok, suspect_teacher=suspect, settings=votes)
+            logprobs = dataclasses.replace(closed, samples_per_prompt=sizes.closed_logprobs_samples,
+                                           per_window_top=sizes.votes_top, closed_logprobs=True)
+            reports["closed_logprobs"] = prove(evidence, config, tok, suspect_teacher=suspect, settings=logprobs)
             for mode, rep in reports.items():
                 row[f"{name}_{mode}"] = {"p_value": rep["test"]["p_value"], "log10_p": rep["test"]["log10_p_value"],
                                          "tuples": rep["test"]["num_tuples_scored"],
@@ -234,7 +239,10 @@ def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Water
                                      "distinct prompt at T = 1 (Sander et al.)",
                            "closed_votes": f"per window, the {sizes.votes_top} most generated tokens, "
                                            f"{sizes.closed_votes_samples} samples per distinct prompt at "
-                                           f"T = {sizes.closed_votes_temperature}"},
+                                           f"T = {sizes.closed_votes_temperature}",
+                           "closed_logprobs": f"per window, the {sizes.votes_top} tokens most often the suspect's "
+                                              f"most likely one, from its log-probabilities over "
+                                              f"{sizes.closed_logprobs_samples} samples per distinct prompt at T = 1"},
             "note": "closed mode samples the suspect through the Teacher protocol in process (same code path as "
                     "an OpenAI-compatible endpoint, without HTTP)"}
 
@@ -374,7 +382,8 @@ def main() -> None:
         r = results["radioactivity"] = {**part_radioactivity(teacher, sizes, args.seed, wm), **provenance}
         results["seconds"]["radioactivity"] = round(time.time() - began, 1)
         _table("radioactivity: log10 p of the suspect (trained on a watermarked fraction) / of its control",
-               ["fraction", "wm texts", "open", "open votes", "closed", "closed votes", "tuples (each statistic)"],
+               ["fraction", "wm texts", "open", "open votes", "closed", "closed votes", "closed logprobs",
+                "tuples (each statistic)"],
                [[f"{x['fraction']:.0%}", x["watermarked_texts"],
                  *[f"{x[f'suspect_{m}']['log10_p']:.1f} / {x[f'control_{m}']['log10_p']:.2f}" for m in RADIO_STATS],
                  "/".join(str(x[f"suspect_{m}"]["tuples"]) for m in RADIO_STATS)] for x in r["rows"]])

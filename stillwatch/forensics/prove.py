@@ -61,6 +61,8 @@ class ProveSettings:
     kgram_top: int | None = None
     # None: every distinct (window, token) tuple (Sander et al.); m: each window's m most chosen tokens
     per_window_top: int | None = None
+    # closed mode: ask the API for log-probabilities and score its most likely token at each generated position
+    closed_logprobs: bool = False
     seed: int = 0
 
 
@@ -261,7 +263,8 @@ def closed_tape(endpoint: str, api_key: str | None, evidence: Evidence, config: 
         teacher = OpenAITeacher(endpoint, api_key or "none", model=model_name, api="completions")
     prompts = list(dict.fromkeys(tokenizer.decode(x.prompt_ids) for x in evidence.texts))[:settings.max_prompts]
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                            n=settings.samples_per_prompt, seed=settings.seed)
+                            n=settings.samples_per_prompt, seed=settings.seed,
+                            top_logprobs=5 if settings.closed_logprobs else 0)
 
     async def run() -> list:
         try:
@@ -274,12 +277,22 @@ def closed_tape(endpoint: str, api_key: str | None, evidence: Evidence, config: 
     for prompt, samples in zip(prompts, outputs):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for c in samples:
-            generations.append((prompt_ids, tokenizer(c.text, add_special_tokens=False)["input_ids"]))
+            ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
+            generations.append((prompt_ids, ids, _top1(c, ids) if settings.closed_logprobs else None))
     kfilter = frequent_windows(evidence.texts, config.window, settings.kgram_top) if settings.kgram_top else None
     info = {"prompts": len(prompts), "samples_per_prompt": settings.samples_per_prompt,
             "temperature": settings.temperature, "max_tokens": settings.max_tokens,
-            "generated_tokens": sum(len(g) for _, g in generations)}
+            "generated_tokens": sum(len(g) for _, g, _ in generations),
+            "samples_scored_by_logprobs": sum(top1 is not None for _, _, top1 in generations)}
     return generation_tape(generations, config.window, kfilter, settings.per_window_top), info
+
+
+def _top1(completion: Any, teacher_ids: list[int]) -> list[int] | None:
+    """The suspect's most likely token at each position, when its tokens are the teacher's (else None)."""
+    top = completion.top_logprobs
+    if not top or list(completion.token_ids) != teacher_ids or len(top) != len(teacher_ids):
+        return None  # another tokenizer: positions do not line up, score the written tokens instead
+    return [max(pos, key=lambda pair: pair[1])[0] if pos else token for pos, token in zip(top, teacher_ids)]
 
 
 def prove(evidence: Evidence, config: WatermarkConfig, tokenizer: PreTrainedTokenizerBase,
@@ -327,7 +340,8 @@ def prove(evidence: Evidence, config: WatermarkConfig, tokenizer: PreTrainedToke
         "suspect": str(suspect_dir or suspect_endpoint or getattr(suspect_teacher, "name", "suspect")),
         "mode": mode,
         "alpha": settings.alpha,
-        "method": METHOD[mode] + (PER_WINDOW.format(m=settings.per_window_top) if settings.per_window_top else ""),
+        "method": METHOD[mode] + (PER_WINDOW.format(m=settings.per_window_top) if settings.per_window_top else "")
+        + (LOGPROBS if mode == "closed" and settings.closed_logprobs else ""),
         "watermark": config.public_dict(),
         "evidence": {"source": evidence.source, "account": evidence.account, "teacher": evidence.teacher,
                      "texts": len(evidence.texts), "texts_used": min(len(evidence.texts), settings.max_texts)
@@ -351,6 +365,8 @@ METHOD = {
                "windows. Tuples are de-duplicated, windows that occur in the prompt are skipped, and the number of "
                "green tuples is tested against Binomial(N, gamma) with an exact tail."),
 }
-PER_WINDOW = (" Per-window votes: instead of every distinct tuple, each window contributes only the {m} token(s) the "
-                   "suspect chose most often after it (ties broken by token id); the choice is made before any green "
-                   "list is consulted, so under H0 each scored tuple is still green with probability gamma.")
+PER_WINDOW = (" Per-window votes: instead of every distinct tuple, each window contributes only the {m} token(s) "
+              "the suspect chose most often after it (ties broken by token id); the choice is made before any green "
+              "list is consulted, so under H0 each scored tuple is still green with probability gamma.")
+LOGPROBS = (" Log-probabilities: where the API returned them in the teacher's tokens, each position is scored with "
+            "the suspect's most likely token there rather than the one it sampled.")

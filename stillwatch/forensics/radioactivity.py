@@ -191,12 +191,17 @@ def reading_tape(model: torch.nn.Module, texts: Sequence[EvidenceText], window: 
     return tape
 
 
-def generation_tape(generations: Sequence[tuple[Sequence[int], Sequence[int]]], window: int,
+def generation_tape(generations: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int] | None]], window: int,
                     kgram_filter: Iterable[Window] | None = None, per_window_top: int | None = None) -> TupleTape:
-    """Closed model: score the tokens the suspect generated itself, (prompt ids, generated ids) per sample."""
+    """Closed model: (prompt ids, generated ids, top-1 ids or None) per sample.
+
+    The tuple at each position pairs the window of generated text with the token the suspect wrote there, or,
+    when its API returned log-probabilities, with its most likely token there (free of sampling noise).
+    """
     tape = TupleTape(window, frozenset(kgram_filter) if kgram_filter is not None else None, per_window_top)
-    for prompt_ids, generated in generations:
-        tape.add_text(prompt_ids, generated, list(generated), skip_repeated_windows=False)
+    for prompt_ids, generated, top1 in generations:
+        tape.add_text(prompt_ids, generated, list(top1 if top1 is not None else generated),
+                      skip_repeated_windows=False)
     return tape
 
 
