@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -167,6 +168,24 @@ def test_closed_model_through_the_teacher_protocol(world):
                   settings=votes)
         assert (r["test"]["p_value"] < 1e-3) if derived else (r["test"]["p_value"] >= 0.01), (model, r["test"])
         assert "Per-window votes" in r["method"]
+    logprobs = dataclasses.replace(votes, samples_per_prompt=8, temperature=1.0, closed_logprobs=True)
+    for model, derived in ((world.suspect, True), *((c, False) for c in world.controls)):
+        r = prove(world.evidence, world.config, world.tok, suspect_teacher=LocalTeacher.from_dir(model),
+                  settings=logprobs)
+        assert r["sampling"]["samples_scored_by_logprobs"] > 0.9 * r["sampling"]["prompts"] * 8
+        assert (r["test"]["p_value"] < 1e-3) if derived else (r["test"]["p_value"] >= 0.01), (model, r["test"])
+
+
+def test_closed_logprobs_score_the_most_likely_token_only_when_tokens_line_up():
+    from stillwatch.forensics.prove import _top1
+    from stillwatch.teachers.completion import Completion
+
+    c = Completion(text="x", token_ids=[5, 6], logprobs=[-1.0, -1.0], finish_reason="stop", prompt_tokens=1,
+                   top_logprobs=[[(7, -0.5), (5, -1.0)], [(6, -0.1), (8, -2.0)]])
+    assert _top1(c, [5, 6]) == [7, 6]
+    assert _top1(c, [5, 9, 6]) is None  # the suspect's tokens are not the teacher's: score what it wrote
+    assert _top1(Completion(text="x", token_ids=[5], logprobs=[-1.0], finish_reason="stop", prompt_tokens=1),
+                 [5]) is None
 
 
 def test_wrong_key_finds_nothing_and_makes_the_verdict_inconclusive(world):

@@ -135,6 +135,9 @@ def prove_cmd(
     per_window_top: Optional[int] = typer.Option(None, "--per-window-top", min=1, help="Score only each "
                                                  "window's M most chosen tokens instead of every distinct one "
                                                  "(stronger where texts offer few windows)."),
+    logprobs: bool = typer.Option(False, "--logprobs", help="Closed mode: ask the API for log-probabilities and "
+                                  "score the suspect's most likely token at each position (needs the teacher's "
+                                  "tokenizer on the suspect; other samples are scored as written)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Test whether a suspect model was trained on your watermarked outputs; writes a report with controls."""
@@ -159,7 +162,7 @@ def prove_cmd(
     tok, tok_dir = _tokenizer(tokenizer, evidence_tokenizer_dir(evidence), str(suspect) if suspect else None)
     settings = ProveSettings(alpha=alpha, max_texts=max_texts, task=task, max_prompts=max_prompts,
                              samples_per_prompt=samples, temperature=temperature, kgram_top=kgram_top,
-                             per_window_top=per_window_top, seed=seed)
+                             per_window_top=per_window_top, closed_logprobs=logprobs, seed=seed)
     ev = load_evidence(evidence, tok, account=account, task=task)
     report = prove(ev, config, tok, suspect_dir=suspect, suspect_endpoint=suspect_endpoint, api_key=api_key,
                    control_dirs=control or (), settings=settings, endpoint_model=served_model)
