@@ -1,6 +1,6 @@
 """Forensics benchmark: watermark detection and cost, radioactivity vs contamination, antidistillation sampling.
 
-    python bench/forensics.py            # full size (about 10-15 min on 2 cores with runs/teacher-default)
+    python bench/forensics.py            # full size (about 70 min on one core of 2 with runs/teacher-default)
     python bench/forensics.py --smoke    # tiny sizes, a minute or two
 
 Uses runs/teacher-default when it exists, else the tests' tiny teacher (trained here when missing). Prints one
@@ -187,6 +187,7 @@ def part_detection(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: Watermark
 # --- part 2: radioactivity against the contaminated fraction -------------------------------------------------
 
 RADIO_STATS = ("open", "open_votes", "closed", "closed_votes", "closed_logprobs")
+
 
 def part_radioactivity(teacher: LocalTeacher, sizes: Sizes, seed: int, wm: WatermarkConfig) -> dict:
     tok, story = teacher.tokenizer, get_task("story")
