@@ -163,17 +163,15 @@ def test_closed_model_through_the_teacher_protocol(world):
                     suspect_teacher=LocalTeacher.from_dir(world.controls[0]), settings=settings)
     assert control["test"]["p_value"] >= 0.01 and control["verdict"] == "not shown"
     votes = ProveSettings(max_prompts=150, samples_per_prompt=32, temperature=0.5, max_tokens=40, per_window_top=2)
-    for model, derived in ((world.suspect, True), *((c, False) for c in world.controls)):
-        r = prove(world.evidence, world.config, world.tok, suspect_teacher=LocalTeacher.from_dir(model),
-                  settings=votes)
-        assert (r["test"]["p_value"] < 1e-3) if derived else (r["test"]["p_value"] >= 0.01), (model, r["test"])
-        assert "Per-window votes" in r["method"]
     logprobs = dataclasses.replace(votes, samples_per_prompt=8, temperature=1.0, closed_logprobs=True)
-    for model, derived in ((world.suspect, True), *((c, False) for c in world.controls)):
-        r = prove(world.evidence, world.config, world.tok, suspect_teacher=LocalTeacher.from_dir(model),
-                  settings=logprobs)
-        assert r["sampling"]["samples_scored_by_logprobs"] > 0.9 * r["sampling"]["prompts"] * 8
-        assert (r["test"]["p_value"] < 1e-3) if derived else (r["test"]["p_value"] >= 0.01), (model, r["test"])
+    for settings in (votes, logprobs):
+        for model, derived in ((world.suspect, True), *((c, False) for c in world.controls)):
+            r = prove(world.evidence, world.config, world.tok, suspect_teacher=LocalTeacher.from_dir(model),
+                      settings=settings)
+            assert (r["test"]["p_value"] < 1e-3) if derived else (r["test"]["p_value"] >= 0.01), (model, r["test"])
+            assert "Per-window votes" in r["method"]
+            if settings.closed_logprobs:
+                assert r["sampling"]["samples_scored_by_logprobs"] > 0.9 * r["sampling"]["prompts"] * 8
 
 
 def test_closed_logprobs_score_the_most_likely_token_only_when_tokens_line_up():
