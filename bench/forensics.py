@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from stillwatch.data import causal_lm_loss, encode_pairs  # noqa: E402
 from stillwatch.evaluate import evaluate  # noqa: E402
+from stillwatch.redact import command_line  # noqa: E402
 from stillwatch.runinfo import git_commit  # noqa: E402
 from stillwatch.forensics.antidistill import AntidistillProcessor, holdout_gradient  # noqa: E402
 from stillwatch.forensics.prove import Evidence, ProveSettings, prove  # noqa: E402
@@ -351,7 +352,8 @@ def main() -> None:
     tdir = args.teacher or teacher_dir()
     wm = WatermarkConfig(key=KEY, context_width=args.context_width)
     teacher = LocalTeacher.from_dir(tdir)
-    results: dict = {"command": "python " + " ".join(sys.argv), "commit": git_commit(), "seed": args.seed,
+    command = command_line(program=f"python {Path(__file__).resolve().relative_to(ROOT)}")
+    results: dict = {"command": command, "commit": git_commit(), "seed": args.seed,
                      "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                                  "torch": torch.__version__},
                      "teacher": str(tdir.relative_to(ROOT)) if tdir.is_relative_to(ROOT) else str(tdir),

@@ -377,6 +377,7 @@ def fsync_ms(tmp: Path, n: int = 200) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from stillwatch.redact import command_line
     from stillwatch.runinfo import git_commit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         proxy = run_proxy_peers(args, tmp)
         local = None if args.skip_local else run_local(args, tmp)
     result = {
-        "benchmark": "gateway", "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+        "benchmark": "gateway", "command": command_line(argv, program="python " + os.path.relpath(__file__, ROOT)),
         "git_commit": git_commit(), "seed": args.seed, "smoke": args.smoke,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "processor": platform.processor() or platform.machine(), "fsync": fsync,

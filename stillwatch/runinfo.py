@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
+
+from stillwatch.redact import command_line, redact_text
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -32,6 +33,6 @@ def machine() -> dict:
 
 
 def run_info(seed: int | None = None, command: str | None = None) -> dict:
-    """Command, commit, seed and machine, for any results file or model card."""
-    return {"command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
+    """Command (redacted), commit, seed and machine, for any results file or model card."""
+    return {"command": redact_text(command) if command else command_line(), "git_commit": git_commit(),
             "seed": seed, "machine": machine()}

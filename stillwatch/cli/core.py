@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +23,13 @@ def teach(
 ) -> None:
     """Train the built-in teacher on the built-in tasks, with checkpoints and resume."""
     from stillwatch.tasks import TASK_NAMES, get_tasks
+    from stillwatch.redact import command_line
     from stillwatch.teach import teach as run_teach
 
     names = task or list(TASK_NAMES)
     get_tasks(names)  # fail fast on an unknown task
     card = run_teach(out, preset=preset, seed=seed, steps=steps, task_names=names, eval_n=eval_n,
-                     command="stillwatch " + " ".join(sys.argv[1:]))
+                     command=command_line(program="stillwatch"))
     if not card:  # a non-main process of a torchrun launch: the main one reports
         return
     table = Table(title=f"teacher {out} ({card['parameters']:,} parameters, {card['train']['seconds']:.0f} s)")
@@ -51,26 +51,30 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write machine-readable results here."),
 ) -> None:
     """Accuracy per task, valid rate, parameters, throughput and latency; retention against --reference."""
+    from stillwatch.cli.paths import check_writable_file
     from stillwatch.errors import ConfigError
     from stillwatch.evaluate import compare, evaluate
+    from stillwatch.redact import redact, redact_url
     from stillwatch.tasks import TASK_NAMES, get_tasks
     from stillwatch.teachers import open_teacher
 
     if (model is None) == (endpoint is None):
         raise ConfigError("give exactly one of --model DIR or --endpoint URL")
     tasks = get_tasks(task or list(TASK_NAMES))
+    if json_out is not None:
+        check_writable_file(json_out)  # before the evaluation, not after it
     subject = open_teacher(model_dir=model, endpoint=endpoint, api_key=api_key, model_name=served_model)
     report = evaluate(subject, tasks, n=n)
     comparison = None
     if reference is not None:
         comparison = compare(report, evaluate(open_teacher(model_dir=reference), tasks, n=n))
-    _print_eval(str(model or endpoint), report, comparison)
+    _print_eval(redact_url(str(model or endpoint)), report, comparison)
     if json_out is not None:
         slim = {**report, "tasks": {k: {kk: vv for kk, vv in v.items() if kk != "answers"}
                                     for k, v in report["tasks"].items()}}
-        json_out.write_text(json.dumps({"model": str(model or endpoint), "report": slim,
-                                        "reference": str(reference) if reference else None,
-                                        "comparison": comparison}, indent=2) + "\n")
+        results = redact({"model": str(model or endpoint), "report": slim,
+                          "reference": str(reference) if reference else None, "comparison": comparison}, [api_key])
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def _print_eval(label: str, report: dict, comparison: dict | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +39,7 @@ def distill(
 
     from stillwatch.distill.run import DistillConfig
     from stillwatch.distill.run import distill as run_distill
+    from stillwatch.redact import command_line
 
     config = DistillConfig(loss=loss, divergence=divergence, beta=beta, temperature=temperature,  # type: ignore[arg-type]
                            lmbda=lmbda, ce_weight=ce_weight, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
@@ -47,7 +47,7 @@ def distill(
                            checkpoint_every=checkpoint_every)
     card = run_distill(data, out, config, preset=preset, init=init, teacher=teacher, endpoint=endpoint,
                        api_key=api_key, served_model=served_model, tokenizer_dir=tokenizer,
-                       command="stillwatch " + " ".join(sys.argv[1:]))
+                       command=command_line(program="stillwatch", secrets=[api_key]))
     if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, rank 0 reports
         return
     console = Console()

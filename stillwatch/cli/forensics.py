@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -144,6 +143,7 @@ def prove_cmd(
     from stillwatch.errors import ConfigError
     from stillwatch.forensics.prove import ProveSettings, evidence_tokenizer_dir, load_evidence, prove
     from stillwatch.forensics.report import write_report
+    from stillwatch.redact import command_line
 
     if (suspect is None) == (suspect_endpoint is None):
         raise ConfigError("give exactly one of --suspect DIR or --suspect-endpoint URL")
@@ -167,24 +167,13 @@ def prove_cmd(
     report = prove(ev, config, tok, suspect_dir=suspect, suspect_endpoint=suspect_endpoint, api_key=api_key,
                    control_dirs=control or (), settings=settings, endpoint_model=served_model)
     report["tokenizer"] = tok_dir
-    paths = write_report(report, out, fmt, command=_redacted_command())  # type: ignore[arg-type]
+    paths = write_report(report, out, fmt, command=command_line(program="stillwatch", secrets=[api_key]),  # type: ignore[arg-type]
+                         secrets=[api_key])
     t = report["test"]
     Console().print(f"[bold]{report['verdict'].upper()}[/bold]: {report['reason']}")
     Console().print(f"{t['num_tuples_scored']} tuples scored, {t['num_green']} green "
                     f"({t['green_fraction']:.1%} vs γ={t['gamma']}), log10 p = {t['log10_p_value']:.2f}")
     Console().print("report: " + ", ".join(str(p) for p in paths.values()))
-
-
-def _redacted_command() -> str:
-    """The command line for the report, with the API key blanked (keys are never written anywhere)."""
-    args, out = sys.argv[1:], []
-    for i, arg in enumerate(args):
-        if i and args[i - 1] == "--api-key":
-            arg = "***"
-        elif arg.startswith("--api-key="):
-            arg = "--api-key=***"
-        out.append(arg)
-    return "stillwatch " + " ".join(out)
 
 
 def register(app: typer.Typer) -> None:

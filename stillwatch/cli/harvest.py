@@ -155,7 +155,9 @@ def _endpoint_teacher(endpoint: str, api_key: str, served_model: str, api: str, 
         tokenizer = load_tokenizer(tokenizer_dir)
     subject = OpenAITeacher(endpoint, api_key, model=served_model, tokenizer=tokenizer, api=api,
                             concurrency=concurrency)
-    return subject, {"endpoint": endpoint, "served_model": served_model, "api": api}
+    from stillwatch.redact import redact_url
+
+    return subject, {"endpoint": redact_url(endpoint), "served_model": served_model, "api": api}
 
 
 def export(

@@ -53,6 +53,7 @@ def serve(
     from stillwatch.errors import ConfigError
     from stillwatch.guard.app import create_app
     from stillwatch.guard.settings import GuardSettings
+    from stillwatch.redact import redact_url
 
     if (teacher is None) == (upstream is None):
         raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
@@ -75,7 +76,7 @@ def serve(
     if settings.host not in LOOPBACK:
         print(f"stillwatch: warning: binding {settings.host}, reachable beyond this machine", file=sys.stderr)
     app = create_app(settings)
-    what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {settings.upstream}"
+    what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {redact_url(settings.upstream or '')}"
     print(f"stillwatch: serving {what} as '{settings.served_model_name}' on http://{settings.host}:{settings.port}/v1"
           f" (admin API {'on' if settings.admin_key else 'off'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,

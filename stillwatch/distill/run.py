@@ -26,6 +26,7 @@ from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss
 from stillwatch.distill.onpolicy import EndpointScorer, LocalScorer, is_on_policy_step, on_policy_batch
 from stillwatch.errors import ConfigError, ModelDirError, TokenizerMismatchError
 from stillwatch.models import MODEL_CARD, build_model, count_parameters, load_model, save_model
+from stillwatch.redact import redact
 from stillwatch.runinfo import run_info
 from stillwatch.train import Batch, TrainConfig, train, unwrap
 
@@ -273,6 +274,7 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
         "loss_curve": result.losses,
         **info,
     }
+    card = redact(card, [api_key])  # a card is published with the weights: no key, no URL credentials
     # Under FSDP or DeepSpeed ZeRO-3 the weights are sharded: gather a full state dict on every rank first.
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     state = accelerator.get_state_dict(student) if sharded else None

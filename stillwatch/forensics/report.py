@@ -7,8 +7,9 @@ import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
+from stillwatch.redact import redact
 from stillwatch.runinfo import git_commit
 
 
@@ -77,12 +78,13 @@ def to_html(report: dict) -> str:
             f"<body><pre style='font-family: ui-monospace, monospace; white-space: pre-wrap'>{body}</pre></body></html>\n")
 
 
-def write_report(report: dict, out: str | Path, fmt: Literal["md", "html"] = "md", command: str | None = None) -> dict[str, Path]:
-    """Write report.json and report.md (or report.html) into `out`; returns the paths."""
+def write_report(report: dict, out: str | Path, fmt: Literal["md", "html"] = "md", command: str | None = None,
+                 secrets: Iterable[str | None] = ()) -> dict[str, Path]:
+    """Write report.json and report.md (or report.html) into `out`, redacted; returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {**report, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), "command": command, "machine": platform.platform()}
+    report = redact({**report, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "commit": git_commit(), "command": command, "machine": platform.platform()}, secrets)
     paths = {"json": out / "report.json"}
     paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
     if fmt == "html":

@@ -9,6 +9,7 @@ import openai
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.errors import TeacherError
+from stillwatch.redact import redact_url
 from stillwatch.teachers.completion import Completion, SamplingParams, ScoredText
 
 TOKEN_ID_PREFIX = "token_id:"  # vLLM's `return_tokens_as_token_ids` spelling, which the gateway also speaks
@@ -33,12 +34,28 @@ class OpenAITeacher:
     def __init__(self, base_url: str, api_key: str, model: str = "stillwatch",
                  tokenizer: PreTrainedTokenizerBase | None = None, api: Literal["chat", "completions"] = "chat",
                  concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0):
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries,
-                                         timeout=timeout)
-        self.model, self.tokenizer, self.api = model, tokenizer, api
-        self.name = f"endpoint:{base_url}#{model}"
-        self._slots = asyncio.Semaphore(concurrency)
+        self._client_args = dict(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
+        self._concurrency = concurrency
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # `served_model`, not `model`: callers read `teacher.model` as in-process weights (LocalTeacher's).
+        self.served_model, self.tokenizer, self.api = model, tokenizer, api
+        self.name = f"endpoint:{redact_url(base_url)}#{model}"  # names are recorded: no credentials
         self._vocab = {v: k for k, v in tokenizer.get_vocab().items()} if tokenizer is not None else None
+
+    def _bind(self) -> None:
+        # The client's connection pool and the semaphore belong to one event loop; callers that run each
+        # batch under its own asyncio.run (evaluate, prove) get fresh ones instead of "Event loop is closed".
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._client = openai.AsyncOpenAI(**self._client_args)
+            self._slots = asyncio.Semaphore(self._concurrency)
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The async client of the running event loop."""
+        self._bind()
+        return self._client
 
     def _token_id(self, token: str) -> int | None:
         if token.startswith(TOKEN_ID_PREFIX):
@@ -49,6 +66,7 @@ class OpenAITeacher:
         return None
 
     async def _call(self, method, **kwargs):
+        self._bind()
         try:
             async with self._slots:
                 return await method(**kwargs)
@@ -70,7 +88,7 @@ class OpenAITeacher:
         return []
 
     async def _complete_one(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        common = dict(model=self.model, max_tokens=params.max_tokens, temperature=params.temperature,
+        common = dict(model=self.served_model, max_tokens=params.max_tokens, temperature=params.temperature,
                       top_p=params.top_p, n=params.n, seed=params.seed, stop=list(params.stop) or None,
                       extra_body={"return_tokens_as_token_ids": True})
         if self.api == "chat":
@@ -115,7 +133,7 @@ class OpenAITeacher:
         if self.tokenizer is None:
             raise TeacherError("scoring through an endpoint needs the teacher's tokenizer")
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        resp = await self._call(self.client.completions.create, model=self.model,
+        resp = await self._call(self.client.completions.create, model=self.served_model,
                                 prompt=list(prompt_ids) + list(continuation_ids), max_tokens=0, echo=True,
                                 logprobs=top_k or 1, extra_body={"return_tokens_as_token_ids": True})
         lp = resp.choices[0].logprobs
