@@ -57,8 +57,12 @@ def serve(
 
     if (teacher is None) == (upstream is None):
         raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
-    if teacher is not None and not (teacher / "config.json").is_file():
-        raise ConfigError(f"{teacher} is not a model directory (no config.json)")
+    if teacher is not None:
+        from stillwatch.models import resolve_model_dir
+
+        teacher = resolve_model_dir(teacher)
+        if not (teacher / "config.json").is_file():
+            raise ConfigError(f"{teacher} is not a model directory (no config.json)")
     given = {"teacher": teacher, "upstream": upstream, "db_url": db, "host": host, "port": port,
              "admin_key": _secret(admin_key_file, "admin key"),
              "watermark_key": _secret(watermark_key_file, "watermark key"),
