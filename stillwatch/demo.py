@@ -3,7 +3,7 @@
 Six acts, all library calls in one process (the gateway is a real uvicorn server on 127.0.0.1 in a thread, and
 every request goes through the official `openai` client):
 
-1. the built-in teacher is trained (or reused) and evaluated;
+1. the built-in teacher is loaded (the shipped default teacher; `--preset tiny` trains one) and evaluated;
 2. the provider starts its gateway with a watermark key and opens two accounts, an honest user and a distiller;
 3. the distiller harvests reasoning traces and stories through the API; the audit log records every request;
 4. the distiller trains a much smaller student on the harvest and measures retention and speed-up;
@@ -13,7 +13,7 @@ every request goes through the official `openai` client):
    while a control model (same architecture, same prompts, un-watermarked outputs) is cleared.
 
 A closing table gives each act's key number and whether it showed what it is meant to show. Everything the
-demo writes lives in `workdir`: the teacher (kept and reused) and `workdir/run/` (replaced on every run).
+demo writes lives in `workdir`: a trained teacher (kept and reused) and `workdir/run/` (replaced on every run).
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from rich.console import Console
 from rich.table import Table
 
 TASKS = ("add", "mul", "chain", "story")
-# The tiny teacher learns addition and the story grammar in about a minute, but not all four tasks at once
-# (mixing in mul and chain leaves every reasoning task near 0% at that size): the quick world is add + story.
-TINY_TASKS = ("add", "story")
 # A fixed secret, fine for a demo on loopback; a real gateway takes STILLWATCH_WATERMARK_KEY.
 DEMO_WATERMARK_KEY = "stillwatch-demo-watermark-key, not for production"
 STUDENT_PRESET = {"tiny": "student-tiny", "default": "student"}
@@ -47,7 +44,7 @@ QUOTAS = '[default]\nrequests = "6000/minute"\ntokens = "2000000/minute"\n'
 class DemoSizes:
     """How much work each act does. `full` is `stillwatch demo`; `quick` is for tests."""
 
-    teacher_steps: int | None  # teach steps for the tiny preset (None: the preset's own schedule)
+    teacher_steps: int | None  # teach steps for a teacher the demo trains (None: the preset's own schedule)
     eval_n: int  # held-out prompts per task in every evaluation
     reasoning_prompts: int  # harvested per reasoning task, greedy
     story_prompts: int  # harvested for the open task, sampled at temperature 1 (the watermark's carrier)
@@ -65,7 +62,7 @@ class DemoSizes:
 # 2-layer `student` and thousands of traces: `--preset default`). ~300 watermarked stories already give the
 # student p < 1e-20 in reading mode, so the story harvest is sized for retention, not for the proof.
 SIZES = {
-    "full": DemoSizes(teacher_steps=1000, eval_n=100, reasoning_prompts=150, story_prompts=240, story_samples=2,
+    "full": DemoSizes(teacher_steps=None, eval_n=100, reasoning_prompts=150, story_prompts=240, story_samples=2,
                       story_tokens=48, honest_requests=12, student_steps=2000, student_batch=32, student_lr=3e-3,
                       prove_texts=480),
     "quick": DemoSizes(teacher_steps=60, eval_n=8, reasoning_prompts=4, story_prompts=120, story_samples=2,
@@ -125,7 +122,7 @@ def _p(value: float) -> str:
     return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
 
 
-def run_demo(workdir: str | Path = "runs/demo", preset: str = "tiny", console: Console | None = None,
+def run_demo(workdir: str | Path = "runs/demo", preset: str = "default", console: Console | None = None,
              quick: bool = False, seed: int = 0, progress: bool = True, json_out: str | Path | None = None) -> dict:
     """Play the whole story (teacher, gateway, harvest, distillation, block, proof) and return what it measured."""
     from stillwatch.models import get_preset
@@ -146,7 +143,10 @@ class _Demo:
                  progress: bool):
         self.console, self.sizes, self.seed, self.progress = console, sizes, seed, progress
         self.preset, self.student_preset = preset, STUDENT_PRESET.get(preset, "student")
-        self.teacher_dir = workdir / f"teacher-{preset}"
+        from stillwatch.models import BUILTIN_TEACHER_DIR
+
+        shipped = preset == "default" and (BUILTIN_TEACHER_DIR / "config.json").is_file()
+        self.teacher_dir = BUILTIN_TEACHER_DIR if shipped else workdir / f"teacher-{preset}"
         self.run_dir = workdir / "run"
         self.result = DemoResult(preset=preset, quick=quick, workdir=str(workdir))
         self.db_url = f"sqlite:///{self.run_dir / 'guard.db'}"
@@ -219,15 +219,17 @@ class _Demo:
         from stillwatch.teachers.local import LocalTeacher
 
         self.console.rule(f"[bold]1. The built-in teacher ({self.preset} preset)")
+        from stillwatch.models import BUILTIN_TEACHER_DIR
+
         card_path = self.teacher_dir / "stillwatch_card.json"
-        if card_path.is_file():
+        if self.teacher_dir == BUILTIN_TEACHER_DIR:
+            self.console.print("the shipped default teacher (`stillwatch teach` makes it again)")
+        elif card_path.is_file():
             self.console.print(f"reusing the teacher at {self.teacher_dir} (delete it to train again)")
         else:
-            tiny = self.preset == "tiny"
-            names = TINY_TASKS if tiny else TASKS
-            self.console.print(f"training the {self.preset} teacher on {', '.join(names)} into {self.teacher_dir}")
-            teach(self.teacher_dir, preset=self.preset, seed=self.seed, steps=self.sizes.teacher_steps if tiny else None,
-                  task_names=names, eval_n=20, progress=self.progress,
+            self.console.print(f"training the {self.preset} teacher into {self.teacher_dir}")
+            teach(self.teacher_dir, preset=self.preset, seed=self.seed,
+                  steps=self.sizes.teacher_steps if self.preset == "tiny" else None, eval_n=20, progress=self.progress,
                   command=f"stillwatch demo --preset {self.preset}")
         card = json.loads(card_path.read_text())
         self.tasks = get_tasks([t for t in card.get("tasks", TASKS) if t in TASKS])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from stillwatch.models import count_parameters
+from stillwatch.progress import LoggedProgress
 from stillwatch.tasks import Task, examples, extract_answer
 from stillwatch.teachers.base import Teacher
 from stillwatch.teachers.completion import SamplingParams
@@ -30,11 +33,21 @@ def _run(coro):
 
 
 def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = EVAL_SEED,
-             latency_samples: int = 8, throughput_batch: int = THROUGHPUT_BATCH) -> dict:
+             latency_samples: int = 8, throughput_batch: int = THROUGHPUT_BATCH, progress: bool = False) -> dict:
     """Score `n` held-out prompts per task: greedy for reasoning tasks, nucleus-sampled for open ones."""
+    with LoggedProgress(TextColumn("eval {task.fields[task]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), disable=not progress, transient=True) as bar:
+        job = bar.add_task("eval", total=n * len(tasks), task=tasks[0].name if tasks else "")
+        return _evaluate(teacher, tasks, n, seed, latency_samples, throughput_batch,
+                         lambda name: bar.update(job, task=name), lambda: bar.update(job, advance=n))
+
+
+def _evaluate(teacher: Teacher, tasks: Sequence[Task], n: int, seed: int, latency_samples: int,
+              throughput_batch: int, starting: Callable[[str], None], finished: Callable[[], None]) -> dict:
     report: dict = {"tasks": {}, "n": n, "seed": seed}
     generated, seconds = 0, 0.0
     for task in tasks:
+        starting(task.name)
         exs = examples(task, n, seed)
         reasoning = task.kind == "reasoning"
         params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0 if reasoning else OPEN_TEMPERATURE,
@@ -51,6 +64,7 @@ def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = 
             "accuracy": sum(correct) / n,
             "answers": [extract_answer(c.text) if task.kind == "reasoning" else None for c in completions],
         }
+        finished()
     model, tokenizer = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
     if model is not None and tokenizer is not None and throughput_batch > 0:
         prompts = throughput_prompts(tasks, throughput_batch, seed + 2)

@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
 from stillwatch.errors import ConfigError, ModelDirError
 from stillwatch.tokenizer import load_tokenizer
 
 MODEL_CARD = "stillwatch_card.json"
+# The default teacher, as `stillwatch teach` makes it, ships inside the package: the demo and the benchmarks
+# start from it without training. Any command that takes a model directory accepts the word `builtin` for it.
+BUILTIN = "builtin"
+BUILTIN_TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "teacher"
+
+
+Positions = Literal["rotary", "learned"]
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A Llama-style architecture size."""
+    """An architecture size: Llama-style (rotary positions) or GPT-2-style (learned absolute positions)."""
 
     hidden: int
     layers: int
@@ -25,12 +34,16 @@ class Preset:
     intermediate: int
     tie_embeddings: bool = False
     max_positions: int = 256
+    positions: Positions = "rotary"
 
 
 PRESETS: dict[str, Preset] = {
-    # Teachers. `default` is the demo's teacher; `tiny` trains in about a minute, for tests.
-    "default": Preset(hidden=96, layers=3, heads=4, intermediate=256),
-    "tiny": Preset(hidden=64, layers=2, heads=4, intermediate=176),
+    # Teachers learn absolute positions: every built-in prompt has a fixed layout at its default difficulty, so
+    # "which prompt digit does this step read" is one attention lookup from position to position. With rotary
+    # positions the model must first learn to count steps, a late and seed-dependent phase transition.
+    # Their embeddings are untied: tied input/output embeddings kept the story's topic from being copied.
+    "default": Preset(hidden=96, layers=3, heads=4, intermediate=384, positions="learned"),
+    "tiny": Preset(hidden=64, layers=2, heads=4, intermediate=256, positions="learned"),
     # Students, sized against the default teacher (about 1/10 of its parameters).
     "student": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True),
     "student-tiny": Preset(hidden=32, layers=1, heads=2, intermediate=96, tie_embeddings=True),
@@ -45,11 +58,20 @@ def get_preset(name: str) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
 
 
-def build_model(preset: Preset | str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
-    """A freshly initialised Llama-style causal LM for `tokenizer`'s vocabulary."""
+def build_model(preset: Preset | str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised causal LM of the preset's architecture for `tokenizer`'s vocabulary."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     if p.hidden % p.heads or min(p.hidden, p.layers, p.heads, p.intermediate) < 1:
         raise ConfigError(f"impossible model size: {asdict(p)}")
+    torch.manual_seed(seed)
+    if p.positions == "learned":
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tokenizer), n_embd=p.hidden, n_layer=p.layers, n_head=p.heads, n_inner=p.intermediate,
+            n_positions=p.max_positions, tie_word_embeddings=p.tie_embeddings,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # dropout only slows models trained on endless data
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        ))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=p.hidden,
@@ -63,7 +85,6 @@ def build_model(preset: Preset | str, tokenizer: PreTrainedTokenizerBase, seed: 
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
 
@@ -84,9 +105,15 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     return out
 
 
-def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load any HF causal LM directory with its tokenizer, or raise ModelDirError."""
+def resolve_model_dir(path: str | Path) -> Path:
+    """`path`, or the shipped default teacher when `path` is `builtin` and no directory of that name exists."""
     path = Path(path)
+    return BUILTIN_TEACHER_DIR if str(path) == BUILTIN and not path.exists() else path
+
+
+def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load any HF causal LM directory (or `builtin`) with its tokenizer, or raise ModelDirError."""
+    path = resolve_model_dir(path)
     if not (path / "config.json").is_file():
         raise ModelDirError(f"{path} is not a model directory (no config.json)")
     try:
@@ -100,5 +127,5 @@ def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
 
 def read_card(path: str | Path) -> dict:
     """The stillwatch model card of a model directory, or {} for a foreign model."""
-    card = Path(path) / MODEL_CARD
+    card = resolve_model_dir(path) / MODEL_CARD
     return json.loads(card.read_text()) if card.is_file() else {}

@@ -18,10 +18,12 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_cosine_schedule_with_warmup
 
 from stillwatch.errors import ConfigError
+from stillwatch.progress import LoggedProgress
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[int, int, int], Batch]  # (step, rank, world) -> this rank's share of the global batch
@@ -118,7 +120,8 @@ def train(model: torch.nn.Module, make_batch: BatchFn, loss_fn: LossFn, config: 
     began, last_loss = time.perf_counter(), float("nan")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not (progress and accelerator.is_main_process), transient=False) as bar:
+    with LoggedProgress(*columns, console=Console(stderr=True), transient=False,
+                        disable=not (progress and accelerator.is_main_process)) as bar:
         job = bar.add_task(description, total=config.steps, completed=start, loss="-")
         for step in range(start, config.steps):
             batch = {k: v.to(accelerator.device) for k, v in make_batch(step, rank, world).items()}
