@@ -7,12 +7,22 @@ task every `interval` seconds: what it is doing, how far it got, its fields (los
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from rich.progress import Progress, Task, TaskID
 
 LOG_INTERVAL_S = 5.0
+INTERVAL_ENV = "STILLWATCH_PROGRESS_INTERVAL"  # seconds between lines off a terminal
+
+
+def log_interval() -> float:
+    """Seconds between progress lines: STILLWATCH_PROGRESS_INTERVAL, or LOG_INTERVAL_S."""
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV, LOG_INTERVAL_S)))
+    except ValueError:
+        return LOG_INTERVAL_S
 
 
 def _duration(seconds: float | None) -> str:
@@ -38,9 +48,9 @@ def progress_line(task: Task) -> str:
 class LoggedProgress(Progress):
     """A rich `Progress`; when its console is not a terminal, it also logs a line every `interval` seconds."""
 
-    def __init__(self, *columns: Any, interval: float = LOG_INTERVAL_S, **kwargs: Any):
+    def __init__(self, *columns: Any, interval: float | None = None, **kwargs: Any):
         super().__init__(*columns, **kwargs)
-        self.interval = interval
+        self.interval = log_interval() if interval is None else interval
         self._logging = not self.disable and not self.console.is_terminal
         self._last_line = time.monotonic()
 

@@ -26,6 +26,10 @@ def test_teach_then_eval_with_reference(tmp_path: Path, tiny_teacher: Path) -> N
     assert set(card["accuracy"]) == {"add", "story"}
     assert card["parameters"] > 0 and "teach" in card["command"]
     assert not (out / "_run").exists()
+    # 20 steps teach nothing: the card and the table say so, and the exit code stays 0 without --strict
+    assert card["targets"] == {"add": 0.9, "story": 0.9} and set(card["below_target"]) == {"add", "story"}
+    assert card["competent"] is False
+    assert "not competent" in done.stderr and "below target" in done.stdout
     report = tmp_path / "eval.json"
     done = run("eval", "--model", str(out), "--task", "add", "--n", "10", "--reference", str(tiny_teacher),
                "--json", str(report))
@@ -38,6 +42,13 @@ def test_teach_then_eval_with_reference(tmp_path: Path, tiny_teacher: Path) -> N
     # throughput is a fixed-length batched decode, whatever the models write
     assert data["report"]["throughput"]["method"] == "fixed-length" and data["report"]["tokens_per_s"] > 0
     assert data["comparison"]["throughput_speedup"] > 0 and "new tokens" in done.stdout
+
+
+def test_strict_teach_exits_1_below_target(tmp_path: Path) -> None:
+    done = run("teach", "--preset", "tiny", "--steps", "5", "--out", str(tmp_path / "t"), "--task", "story",
+               "--eval-n", "4", "--strict")
+    assert done.returncode == 1, done.stderr
+    assert "story" in done.stderr and "not competent" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_interrupted_teach_resumes_from_its_checkpoint(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def prove_cmd(
                              per_window_top=per_window_top, closed_logprobs=logprobs, seed=seed)
     ev = load_evidence(evidence, tok, account=account, task=task)
     report = prove(ev, config, tok, suspect_dir=suspect, suspect_endpoint=suspect_endpoint, api_key=api_key,
-                   control_dirs=control or (), settings=settings, endpoint_model=served_model)
+                   control_dirs=control or (), settings=settings, endpoint_model=served_model, progress=True)
     report["tokenizer"] = tok_dir
     paths = write_report(report, out, fmt, command=command_line(program="stillwatch", secrets=[api_key]),  # type: ignore[arg-type]
                          secrets=[api_key])

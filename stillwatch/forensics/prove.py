@@ -20,11 +20,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.errors import ConfigError, TokenizerMismatchError
+from stillwatch.progress import LoggedProgress
 from stillwatch.forensics.radioactivity import (EvidenceText, TupleTape, frequent_windows, generation_tape,
                                                 radioactivity_test, reading_tape)
 from stillwatch.forensics.watermark import WatermarkConfig, detect
@@ -235,7 +238,8 @@ def _check_vocab(suspect_tokenizer: PreTrainedTokenizerBase, tokenizer: PreTrain
 
 
 def open_tape(model_dir: str | Path, evidence: Evidence, config: WatermarkConfig,
-              tokenizer: PreTrainedTokenizerBase, settings: ProveSettings) -> TupleTape:
+              tokenizer: PreTrainedTokenizerBase, settings: ProveSettings,
+              on_batch: Callable[[int], None] | None = None) -> TupleTape:
     """Reading mode on a model directory."""
     from stillwatch.models import load_model
 
@@ -244,7 +248,8 @@ def open_tape(model_dir: str | Path, evidence: Evidence, config: WatermarkConfig
     texts = evidence.texts[:settings.max_texts]
     kfilter = frequent_windows(texts, config.window, settings.kgram_top) if settings.kgram_top else None
     return reading_tape(model, texts, config.window, kfilter, settings.batch_size,
-                        pad_token_id=tokenizer.pad_token_id or 0, per_window_top=settings.per_window_top)
+                        pad_token_id=tokenizer.pad_token_id or 0, per_window_top=settings.per_window_top,
+                        on_batch=on_batch)
 
 
 def closed_tape(endpoint: str, api_key: str | None, evidence: Evidence, config: WatermarkConfig,
@@ -298,26 +303,42 @@ def _top1(completion: Any, teacher_ids: list[int]) -> list[int] | None:
 def prove(evidence: Evidence, config: WatermarkConfig, tokenizer: PreTrainedTokenizerBase,
           suspect_dir: str | Path | None = None, suspect_endpoint: str | None = None, api_key: str | None = None,
           control_dirs: Sequence[str | Path] = (), settings: ProveSettings | None = None,
-          endpoint_model: str = "stillwatch", suspect_teacher: Any = None) -> dict:
+          endpoint_model: str = "stillwatch", suspect_teacher: Any = None, progress: bool = False) -> dict:
     """Run the radioactivity test on one suspect with its controls; returns the report as a dict."""
     settings = settings or ProveSettings()
     if (suspect_dir is None) == (suspect_endpoint is None and suspect_teacher is None):
         raise ConfigError("give exactly one of --suspect DIR or --suspect-endpoint URL")
+    texts = len(evidence.texts[:settings.max_texts])
+    with LoggedProgress(TextColumn("prove: {task.fields[reading]}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True), disable=not progress,
+                        transient=True) as bar:
+        job = bar.add_task("prove", total=texts * (1 + len(control_dirs)), reading="the suspect")
+        return _prove(evidence, config, tokenizer, suspect_dir, suspect_endpoint, api_key, control_dirs, settings,
+                      endpoint_model, suspect_teacher,
+                      lambda reading: bar.update(job, reading=reading), lambda n: bar.update(job, advance=n))
+
+
+def _prove(evidence: Evidence, config: WatermarkConfig, tokenizer: PreTrainedTokenizerBase,
+           suspect_dir: str | Path | None, suspect_endpoint: str | None, api_key: str | None,
+           control_dirs: Sequence[str | Path], settings: ProveSettings, endpoint_model: str, suspect_teacher: Any,
+           reading: Callable[[str], None], advance: Callable[[int], None]) -> dict:
     vocab_size = len(tokenizer)
     began = time.time()
     check = evidence_check(evidence, config, vocab_size)
     mode = "open" if suspect_dir is not None else "closed"
     sampling = None
     if mode == "open":
-        tape = open_tape(suspect_dir, evidence, config, tokenizer, settings)
+        tape = open_tape(suspect_dir, evidence, config, tokenizer, settings, advance)
     else:
         tape, sampling = closed_tape(suspect_endpoint or "", api_key, evidence, config, tokenizer, settings,
                                      endpoint_model, suspect_teacher)
+        advance(len(evidence.texts[:settings.max_texts]))
     result = radioactivity_test(tape, config, vocab_size, mode)
     keys = wrong_key_controls(tape, config, vocab_size, settings.control_keys, mode, settings.alpha)
     references = []
     for control in control_dirs:
-        ctape = open_tape(control, evidence, config, tokenizer, settings)
+        reading(f"control {Path(control).name}")
+        ctape = open_tape(control, evidence, config, tokenizer, settings, advance)
         r = radioactivity_test(ctape, config, vocab_size, "open", sample=0)
         references.append({"model": str(control), "p_value": r.p_value, "log10_p_value": r.log10_p_value,
                            "num_tuples_scored": r.num_tuples_scored, "passed": r.p_value >= 0.01})

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -168,7 +168,8 @@ def radioactivity_test(tape: TupleTape, config: WatermarkConfig, vocab_size: int
 @torch.inference_mode()
 def reading_tape(model: torch.nn.Module, texts: Sequence[EvidenceText], window: int,
                  kgram_filter: Iterable[Window] | None = None, batch_size: int = 32,
-                 pad_token_id: int = 0, per_window_top: int | None = None) -> TupleTape:
+                 pad_token_id: int = 0, per_window_top: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> TupleTape:
     """Open model: teacher-force each text and put the suspect's top-1 prediction at every completion position."""
     tape = TupleTape(window, frozenset(kgram_filter) if kgram_filter is not None else None, per_window_top)
     device = next(model.parameters()).device
@@ -188,6 +189,8 @@ def reading_tape(model: torch.nn.Module, texts: Sequence[EvidenceText], window: 
                 continue
             # logits at position t-1 predict token t: completion positions t = p .. len(r)-1
             tape.add_text(x.prompt_ids, r[p:], pred[p - 1:len(r) - 1].tolist(), skip_repeated_windows=True)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return tape
 
 

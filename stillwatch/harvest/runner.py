@@ -22,13 +22,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
 from stillwatch.errors import StillwatchError, TeacherError
 from stillwatch.harvest.prompts import PromptItem
 from stillwatch.harvest.store import HarvestStore
+from stillwatch.progress import LoggedProgress
 from stillwatch.teachers.base import Teacher
 from stillwatch.teachers.completion import Completion, SamplingParams
 
@@ -99,14 +99,14 @@ class _Run:
         self.result = HarvestResult()
         self.consecutive_failures = 0
         self.stop: tuple[str, str, int | None] | None = None  # (reason, what to do, HTTP status)
-        self.bar: Progress | None = None
+        self.bar: LoggedProgress | None = None
         self.task_id: Any = None
 
     # -- orchestration ------------------------------------------------------------------------------------
 
     async def main(self, prompts: Iterable[PromptItem], total: int | None, progress: bool) -> HarvestResult:
         began = time.perf_counter()
-        self.bar = Progress(TextColumn("[bold]harvest"), BarColumn(bar_width=20), MofNCompleteColumn(),
+        self.bar = LoggedProgress(TextColumn("[bold]harvest"), BarColumn(bar_width=20), MofNCompleteColumn(),
                             TextColumn("{task.fields[rows]} rows"), _RateColumn(), TimeElapsedColumn(),
                             TextColumn("ETA"), TimeRemainingColumn(compact=True),
                             console=Console(stderr=True), disable=not progress)
