@@ -99,7 +99,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     if card is not None:
         (out / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
     return out
@@ -109,6 +109,20 @@ def resolve_model_dir(path: str | Path) -> Path:
     """`path`, or the shipped default teacher when `path` is `builtin` and no directory of that name exists."""
     path = Path(path)
     return BUILTIN_TEACHER_DIR if str(path) == BUILTIN and not path.exists() else path
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:
+    """`save_pretrained`, naming the class that transformers 4.x and 5.x both know.
+
+    transformers 5 records its fast tokenizers as `TokenizersBackend`, a class 4.x lacks, so a directory saved
+    here would not load there; `PreTrainedTokenizerFast` is the same tokenizer under a name both versions have.
+    """
+    tokenizer.save_pretrained(out)
+    config_path = Path(out) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

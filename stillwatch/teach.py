@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from stillwatch.data import causal_lm_loss, encode_pairs
 from stillwatch.errors import ModelDirError
 from stillwatch.evaluate import evaluate
-from stillwatch.models import build_model, count_parameters, get_preset, save_model
+from stillwatch.models import build_model, count_parameters, get_preset, save_model, save_tokenizer
 from stillwatch.runinfo import run_info
 from stillwatch.tasks import TASK_NAMES, Task, get_tasks
 from stillwatch.teachers.local import LocalTeacher
@@ -93,7 +93,7 @@ def _tokenizer_for(out: Path) -> PreTrainedTokenizerBase:
         return load_tokenizer(out)
     tokenizer = train_tokenizer()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     return tokenizer
 
 
@@ -111,7 +111,7 @@ def teach(out: str | Path, preset: str = "default", seed: int = 0, steps: int | 
         raise ModelDirError(f"{out} exists and is not a stillwatch run; choose an empty or new directory")
     if tokenizer_from is not None:
         out.mkdir(parents=True, exist_ok=True)
-        load_tokenizer(tokenizer_from).save_pretrained(out)
+        save_tokenizer(load_tokenizer(tokenizer_from), out)
     # Under torchrun every process trains its share of each global batch; only the main one evaluates and writes.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     with accelerator.main_process_first():  # the main process trains and saves the tokenizer, the others load it

@@ -25,7 +25,7 @@ from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss
                                        token_reverse_kl_loss)
 from stillwatch.distill.onpolicy import EndpointScorer, LocalScorer, is_on_policy_step, on_policy_batch
 from stillwatch.errors import ConfigError, ModelDirError, TokenizerMismatchError
-from stillwatch.models import MODEL_CARD, build_model, count_parameters, load_model, save_model
+from stillwatch.models import MODEL_CARD, build_model, count_parameters, load_model, save_model, save_tokenizer
 from stillwatch.redact import redact
 from stillwatch.runinfo import run_info
 from stillwatch.train import Batch, TrainConfig, train, unwrap
@@ -145,7 +145,7 @@ def _store_fingerprint(meta: dict) -> str | None:
 
 
 def _save_card(tokenizer: PreTrainedTokenizerBase, out: Path, card: dict) -> None:
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     (out / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
 
 
