@@ -1,9 +1,9 @@
 """Forensics benchmark: watermark detection and cost, radioactivity vs contamination, antidistillation sampling.
 
-    python bench/forensics.py            # full size (about 70 min on one core of 2 with runs/teacher-default)
+    python bench/forensics.py            # full size (about 70 min on one core of 2 with the shipped teacher)
     python bench/forensics.py --smoke    # tiny sizes, a minute or two
 
-Uses runs/teacher-default when it exists, else the tests' tiny teacher (trained here when missing). Prints one
+Uses the shipped default teacher, else the tests' tiny teacher (trained here when missing). Prints one
 table per part and writes bench/results/forensics.json (or forensics-smoke.json) with the command, commit, seed,
 machine and every size. Runs with one torch thread: on a shared 2-core machine that is several times faster
 than two oversubscribed threads.
@@ -37,7 +37,7 @@ from stillwatch.forensics.antidistill import AntidistillProcessor, holdout_gradi
 from stillwatch.forensics.prove import Evidence, ProveSettings, prove  # noqa: E402
 from stillwatch.forensics.radioactivity import EvidenceText  # noqa: E402
 from stillwatch.forensics.watermark import WatermarkConfig, detect, watermark_processor, z_score  # noqa: E402
-from stillwatch.models import build_model, load_model, save_model  # noqa: E402
+from stillwatch.models import BUILTIN_TEACHER_DIR, build_model, load_model, save_model  # noqa: E402
 from stillwatch.tasks import REASONING_TASKS, examples, get_task  # noqa: E402
 from stillwatch.teachers.completion import SamplingParams  # noqa: E402
 from stillwatch.teachers.local import LocalTeacher  # noqa: E402
@@ -89,9 +89,9 @@ SMOKE = Sizes(detect_texts=60, fpr_texts=1000, eval_n=30, deltas=(2.0,), radio_t
 
 
 def teacher_dir() -> Path:
-    default = ROOT / "runs" / "teacher-default"
-    if (default / "stillwatch_card.json").is_file():
-        return default
+    """The shipped default teacher, or the tests' cached tiny teacher in a checkout without it."""
+    if (BUILTIN_TEACHER_DIR / "stillwatch_card.json").is_file():
+        return BUILTIN_TEACHER_DIR
     sys.path.insert(0, str(ROOT / "tests"))
     import conftest  # the tests' cached tiny teacher
 
@@ -337,7 +337,7 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, help="steps of each radioactivity student")
     parser.add_argument("--radio-preset", help="model preset of each radioactivity suspect and control")
     parser.add_argument("--fractions", help="watermarked fractions, comma-separated")
-    parser.add_argument("--teacher", type=Path, help="teacher directory (default runs/teacher-default)")
+    parser.add_argument("--teacher", type=Path, help="teacher directory (default: the shipped teacher)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/forensics.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)

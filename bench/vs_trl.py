@@ -35,7 +35,7 @@ from stillwatch.distill.data import RowSource  # noqa: E402
 from stillwatch.distill.run import DistillConfig, distill  # noqa: E402
 from stillwatch.evaluate import evaluate  # noqa: E402
 from stillwatch.harvest import HarvestStore, harvest, task_source, tokenizer_info  # noqa: E402
-from stillwatch.models import build_model, count_parameters, load_model  # noqa: E402
+from stillwatch.models import BUILTIN, build_model, count_parameters, load_model, resolve_model_dir  # noqa: E402
 from stillwatch.runinfo import run_info  # noqa: E402
 from stillwatch.tasks import REASONING_TASKS, TASK_NAMES, get_tasks  # noqa: E402
 from stillwatch.teach import teach  # noqa: E402
@@ -51,7 +51,8 @@ LR, WARMUP = 3e-3, 30  # the distiller's own rate: at 1e-2 these students never 
 
 
 def ensure_teacher(path: Path, smoke: bool, seed: int) -> Path:
-    """The default teacher (runs/teacher-default, trained if missing), or a few-step tiny one for --smoke."""
+    """The shipped default teacher (or `path`), or a few-step tiny one for --smoke."""
+    path = resolve_model_dir(path)
     if (path / "config.json").is_file():
         return path
     print(f"training teacher into {path} ...", flush=True)
@@ -142,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a minute not fifteen")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default runs/teacher-default)")
+    parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default: the shipped teacher)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes on a shared box)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,7 +153,7 @@ def main() -> None:
     work = ROOT / "runs" / ("bench-vs-trl-smoke" if args.smoke else "bench-vs-trl")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    teacher_dir = ensure_teacher(args.teacher or ROOT / "runs" / ("teacher-smoke" if args.smoke else "teacher-default"),
+    teacher_dir = ensure_teacher(args.teacher or (ROOT / "runs" / "teacher-smoke" if args.smoke else Path(BUILTIN)),
                                  args.smoke, args.seed)
     teacher = LocalTeacher.from_dir(teacher_dir)
     tokenizer = teacher.tokenizer

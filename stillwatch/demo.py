@@ -414,8 +414,8 @@ class _Demo:
         if lost:
             self.console.print(f"[yellow]not kept at this size: {', '.join(lost)}[/yellow] (the {self.student_preset} "
                                f"student does not learn it from {self.sizes.reasoning_prompts} traces per task in "
-                               f"{self.sizes.student_steps} steps; `--preset default` uses the real teacher and "
-                               f"the 2-layer `student`)")
+                               f"{self.sizes.student_steps} steps; bench/retention.py gives it 1,000 per task and "
+                               f"12,000 steps)")
         number = ", ".join(f"{k} retention {_pct(v)}" for k, v in learnt.items()) or "no task the teacher knows"
         # Throughput is shown, not judged: between two models this small, generation is bound by per-token
         # overhead rather than by FLOPs, and a shared machine makes it noisy.
