@@ -104,8 +104,9 @@ def train_student(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     size, out, teacher_dir, seed = job["size"], Path(job["out"]), Path(job["teacher"]), job["seed"]
     shutil.rmtree(out, ignore_errors=True)  # a part run again trains its students afresh
-    base = dict(steps=size["steps"], batch_size=size["batch_size"], lr=size["lr"], warmup=100, seed=seed,
-                checkpoint_every=10**9, log_every=100, max_new_tokens=size["max_new_tokens"])
+    # the same settings as `stillwatch distill --steps S --batch-size B` (the README's command), warm-up included
+    base = dict(steps=size["steps"], batch_size=size["batch_size"], lr=size["lr"], warmup=DistillConfig.warmup,
+                seed=seed, checkpoint_every=10**9, log_every=100, max_new_tokens=size["max_new_tokens"])
     if job["method"].startswith("gt-"):  # the same student, steps, batch and learning rate on fresh ground truth
         tokenizer = load_tokenizer(teacher_dir)
         model = build_model(job["preset"], tokenizer, seed=seed)
