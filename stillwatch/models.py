@@ -11,14 +11,11 @@ import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
+from stillwatch.builtin import BUILTIN, BUILTIN_TEACHER_DIR, resolve_model_dir  # noqa: F401 (re-exported)
 from stillwatch.errors import ConfigError, ModelDirError
 from stillwatch.tokenizer import load_tokenizer
 
 MODEL_CARD = "stillwatch_card.json"
-# The default teacher, as `stillwatch teach` makes it, ships inside the package: the demo and the benchmarks
-# start from it without training. Any command that takes a model directory accepts the word `builtin` for it.
-BUILTIN = "builtin"
-BUILTIN_TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "teacher"
 
 
 Positions = Literal["rotary", "learned"]
@@ -103,12 +100,6 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     if card is not None:
         (out / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
     return out
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """`path`, or the shipped default teacher when `path` is `builtin` and no directory of that name exists."""
-    path = Path(path)
-    return BUILTIN_TEACHER_DIR if str(path) == BUILTIN and not path.exists() else path
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:

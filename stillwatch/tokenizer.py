@@ -7,6 +7,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from stillwatch.builtin import resolve_model_dir
 from stillwatch.tasks import TASK_NAMES, examples, get_task
 
 EOS = "<|eos|>"
@@ -49,5 +50,5 @@ def train_tokenizer(vocab_size: int = 512, n_per_task: int = 2000, seed: int = 0
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved with `save_pretrained`."""
-    return PreTrainedTokenizerFast.from_pretrained(str(path))
+    """Load a tokenizer saved with `save_pretrained` (or the shipped teacher's, for `builtin`)."""
+    return PreTrainedTokenizerFast.from_pretrained(str(resolve_model_dir(path)))

@@ -27,11 +27,12 @@ def _config(key_file: Optional[Path], gamma: float, delta: float, context_width:
 
 
 def _tokenizer(directory: Optional[Path], *fallbacks: Optional[str]):
+    from stillwatch.builtin import resolve_model_dir
     from stillwatch.errors import ConfigError
     from stillwatch.tokenizer import load_tokenizer
 
     for candidate in (str(directory) if directory else None, *fallbacks, os.environ.get("STILLWATCH_TEACHER")):
-        if candidate and Path(candidate).is_dir():
+        if candidate and resolve_model_dir(candidate).is_dir():
             try:
                 return load_tokenizer(candidate), candidate
             except (OSError, ValueError) as exc:
