@@ -66,5 +66,6 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     app.include_router(v1)
     app.include_router(ops)
     app.include_router(admin_router(store, audit, settings), prefix="/admin")
-    app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, metrics=metrics,
+                       body_timeout_s=settings.body_timeout_s)
     return app

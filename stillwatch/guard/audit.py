@@ -56,8 +56,8 @@ class AuditEntry:
     key_id: str | None = None
     endpoint: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-    prompt: str | None = None
-    completion: str | None = None
+    prompt: Any = None  # text, or chat messages (stored as JSON)
+    completion: Any = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
@@ -66,30 +66,32 @@ class AuditEntry:
     error_code: str | None = None
     request_id: str | None = None
     time: datetime = field(default_factory=utcnow)
-
-    def __post_init__(self) -> None:
-        self.prompt = _as_text(self.prompt)
-        self.completion = _as_text(self.completion)
+    # Rejected requests keep only this many characters of their prompt (the hash covers all of it): one key
+    # sending megabyte prompts that are refused must not fill the disk.
+    prompt_limit: int | None = None
 
     @property
     def prompt_sha256(self) -> str | None:
-        """SHA-256 of the prompt text: kept after retention has blanked the text."""
-        return sha256_text(self.prompt)
+        """SHA-256 of the whole prompt text: kept after retention has blanked (or a limit cut) the text."""
+        return sha256_text(_as_text(self.prompt))
 
     @property
     def completion_sha256(self) -> str | None:
         """SHA-256 of the completion text."""
-        return sha256_text(self.completion)
+        return sha256_text(_as_text(self.completion))
 
     def row(self, store_prompts: bool = True) -> dict[str, Any]:
-        """The audit_records row for this entry (prompt text only if `store_prompts`)."""
+        """The audit_records row for this entry (prompt text only if `store_prompts`); the audit writer's
+        thread builds it, so that serialising and hashing a big prompt never runs on the event loop."""
+        prompt, completion = _as_text(self.prompt), _as_text(self.completion)
+        kept = prompt[:self.prompt_limit] if prompt is not None and self.prompt_limit is not None else prompt
         return {
             "created_at": self.time, "request_id": self.request_id, "account_id": self.account_id,
             "key_id": self.key_id, "endpoint": self.endpoint[:100],
             # A JSON round trip: only plain values reach the database, whatever the caller passed.
             "params": json.loads(json.dumps(self.params or {}, default=str)),
-            "prompt": _storable(self.prompt) if store_prompts else None, "prompt_sha256": self.prompt_sha256,
-            "completion": _storable(self.completion), "completion_sha256": self.completion_sha256,
+            "prompt": _storable(kept) if store_prompts else None, "prompt_sha256": sha256_text(prompt),
+            "completion": _storable(completion), "completion_sha256": sha256_text(completion),
             "prompt_tokens": int(self.prompt_tokens), "completion_tokens": int(self.completion_tokens),
             "latency_ms": float(self.latency_ms), "status": int(self.status), "decision": self.decision[:32],
             "error_code": self.error_code[:64] if self.error_code else None,
@@ -152,7 +154,7 @@ class AuditLog:
         if self._writer is None:
             await self.start()
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((entry.row(self.store_prompts), future))  # type: ignore[union-attr]
+        await self._queue.put((entry, future))  # type: ignore[union-attr]
         # shield: a client that hangs up must not cancel the write, only its own wait for it.
         await asyncio.shield(future)
 
@@ -174,7 +176,7 @@ class AuditLog:
             if not items:
                 continue
             try:
-                errors = await loop.run_in_executor(self._executor, self._write, [row for row, _ in items])
+                errors = await loop.run_in_executor(self._executor, self._write_entries, [e for e, _ in items])
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failure
                 errors = [exc] * len(items)
             for (_, future), error in zip(items, errors, strict=True):
@@ -184,6 +186,21 @@ class AuditLog:
                     future.set_result(None)
                 else:
                     future.set_exception(error)
+
+    def _write_entries(self, entries: list[AuditEntry]) -> list[BaseException | None]:
+        """Build the rows (in the writer's thread) and insert them; an entry that cannot be built fails alone."""
+        rows: list[dict[str, Any] | None] = []
+        built: list[BaseException | None] = []
+        for entry in entries:
+            try:
+                rows.append(entry.row(self.store_prompts))
+                built.append(None)
+            except Exception as exc:  # noqa: BLE001 - reported to its own request only
+                rows.append(None)
+                built.append(exc)
+        good = [row for row in rows if row is not None]
+        written = iter(self._write(good) if good else [])
+        return [error if row is None else next(written) for row, error in zip(rows, built)]
 
     def _write(self, rows: list[dict[str, Any]]) -> list[BaseException | None]:
         """Insert `rows` in one transaction; if that fails, row by row, so one bad row fails only itself."""

@@ -36,6 +36,8 @@ class Result:
     completion_tokens: int = 0
     texts: list[str] = field(default_factory=list)
     finished: bool = False  # for streams: the backend delivered its last chunk
+    raw: bytes | None = None  # `body` already encoded (off the event loop), when the backend did it
+    error: Any = None  # for streams: the APIError that ended it early, sent as the last event
 
 
 class Backend(Protocol):
@@ -46,6 +48,61 @@ class Backend(Protocol):
     async def models(self) -> dict: ...
     async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result: ...
     async def completions(self, req: CompletionRequest, degraded: bool) -> Result: ...
+
+
+LARGE_BODY = 1_000_000  # bytes of JSON past which parsing goes to a worker thread
+
+
+def malformed(message: str) -> APIError:
+    """502 for an upstream reply the gateway cannot read."""
+    return APIError(502, message, type="upstream_error", code="bad_gateway")
+
+
+def _count(value: Any) -> int:
+    # bool is an int to Python, and "12" or 1.5 are not token counts.
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"not a token count: {value!r}")
+    return value
+
+
+def _usage(usage: Any) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) of a usage object; TypeError if it is not one."""
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise TypeError("usage is not an object")
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def stream_pieces(chunk: Any) -> list[tuple[int, str]]:
+    """(choice index, text) of each piece in a stream chunk; TypeError for a chunk that is not one."""
+    if not isinstance(chunk, dict):
+        raise TypeError("chunk is not an object")
+    out = []
+    for choice in chunk.get("choices") or ():
+        index = _count(choice.get("index", 0))
+        piece = choice.get("text")
+        if piece is None:
+            piece = (choice.get("delta") or {}).get("content")
+        if piece is not None and not isinstance(piece, str):
+            raise TypeError("piece is not text")
+        out.append((index, piece or ""))
+    return out
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, as every response body is sent."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def max_prompt_chars(tokenizer: Any, context: int) -> int:
+    """Characters beyond which no text fits `context` tokens: every token spells at most as many characters
+    as its vocabulary entry, so a text of N characters needs at least N / longest tokens. Checking this
+    costs nothing, where tokenizing a megabyte takes about a second of CPU."""
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return context * max(1, longest)
 
 
 async def _aiter(items: Iterable[dict], result: Result) -> AsyncIterator[dict]:
@@ -67,6 +124,7 @@ class LocalBackend:
         self.hooks = hooks or ForensicsHooks()
         self.tok = teacher.tokenizer
         self.context = int(teacher.context_length)
+        self.max_chars = max_prompt_chars(self.tok, self.context)
         self.name = settings.served_model_name
         self.batcher = Batcher(self._run, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
         self._decode_one = lru_cache(maxsize=65536)(lambda tid: self.tok.decode([tid], skip_special_tokens=False))
@@ -93,6 +151,16 @@ class LocalBackend:
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _too_long(self, chars: int, param: str) -> APIError:
+        return APIError(400, f"This model's maximum context length is {self.context} tokens. However, your "
+                             f"prompt of {chars} characters cannot fit it (at most {self.max_chars} characters "
+                             f"can).", param=param, code="context_length_exceeded")
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        """The cheap check before any tokenizing: a prompt that cannot fit is refused in microseconds."""
+        if chars > self.max_chars:
+            raise self._too_long(chars, param)
 
     def _check_fits(self, prompt_tokens: int, max_tokens: int, param: str) -> None:
         if prompt_tokens + max_tokens > self.context:
@@ -172,15 +240,24 @@ class LocalBackend:
         return min(default or self.settings.max_tokens_limit, self.settings.max_tokens_limit, room)
 
     # ---- endpoints ----
-    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
-        if req.model != self.name:
-            raise model_not_found(req.model)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    def _render_chat(self, messages: list[dict]) -> tuple[str, int]:
+        """The templated prompt and its token count (in a worker thread: templates and tokenizers are slow)."""
         if getattr(self.tok, "chat_template", None):
             prompt = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:  # a foreign model without a template: plain concatenation
             prompt = "\n".join(m["content"] for m in messages) + "\n"
-        n_prompt = len(self._encode(prompt))
+        self._check_chars(len(prompt), "messages")  # the template's own text counts too
+        return prompt, len(self._encode(prompt))
+
+    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
+        if req.model != self.name:
+            raise model_not_found(req.model)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        chars = sum(len(m["content"]) for m in messages)
+        self._check_chars(chars, "messages")
+        if len(messages) > self.context:  # every message adds at least one token
+            raise self._too_long(chars, "messages")
+        prompt, n_prompt = await asyncio.to_thread(self._render_chat, messages)
         if n_prompt == 0:
             raise bad_request("The messages render to an empty prompt.", param="messages")
         max_tokens = self._max_tokens(req.max_completion_tokens or req.max_tokens, n_prompt, None)
@@ -194,12 +271,16 @@ class LocalBackend:
         rid = render.new_id("chatcmpl")
         result = Result(prompt_tokens=n_prompt, completion_tokens=sum(c.completion_tokens for c in completions),
                         texts=[c.text for c in completions])
-        if req.stream:
-            result.chunks = _aiter(render.chat_chunks(rid, self.name, completions, self._decode, spell,
-                                                      bool(req.logprobs), top > 0), result)
-        else:
-            result.body = render.chat_body(rid, self.name, completions, spell, bool(req.logprobs), top > 0)
-            result.finished = True
+
+        def build() -> None:  # decoding every token and building logprobs: a worker's job, not the loop's
+            if req.stream:
+                result.chunks = _aiter(list(render.chat_chunks(rid, self.name, completions, self._decode, spell,
+                                                               bool(req.logprobs), top > 0)), result)
+            else:
+                result.body = render.chat_body(rid, self.name, completions, spell, bool(req.logprobs), top > 0)
+                result.raw, result.finished = encode_json(result.body), True
+
+        await asyncio.to_thread(build)
         return result
 
     def _prompts(self, prompt: Any) -> list[tuple[str, list[int]]]:
@@ -228,7 +309,14 @@ class LocalBackend:
     async def completions(self, req: CompletionRequest, degraded: bool) -> Result:
         if req.model != self.name:
             raise model_not_found(req.model)
-        prompts = self._prompts(req.prompt)
+        items = [req.prompt] if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else req.prompt
+        for i, item in enumerate(items):  # cheap checks first: characters, and token-id lists by length
+            param = "prompt" if len(items) == 1 else f"prompt[{i}]"
+            if isinstance(item, str):
+                self._check_chars(len(item), param)
+            elif len(item) > self.context:
+                self._check_fits(len(item), 0, param)
+        prompts = await asyncio.to_thread(self._prompts, req.prompt)
         n = req.n or 1
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         for text, ids in prompts:
@@ -246,19 +334,23 @@ class LocalBackend:
                                     stop=req.stops(), top_logprobs=k or 0)
             generated = await self._generate([text for text, _ in prompts], params, degraded)
         spell = self._speller(req.return_tokens_as_token_ids)
-        choices = [render.text_choice(text if echo else None, scores[i], c, self._decode, spell, k)
-                   for i, (text, _) in enumerate(prompts) for c in generated[i]]
         prompt_tokens = sum(len(ids) for _, ids in prompts)
         completion_tokens = sum(c.completion_tokens for row in generated for c in row if c is not None)
         rid = render.new_id("cmpl")
         result = Result(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                         texts=[c.text for row in generated for c in row if c is not None])
-        if req.stream:
-            result.chunks = _aiter(render.text_chunks(rid, self.name, choices, prompt_tokens, completion_tokens),
-                                   result)
-        else:
-            result.body = render.text_body(rid, self.name, choices, prompt_tokens, completion_tokens)
-            result.finished = True
+
+        def build() -> None:  # echo with top-k logprobs can make megabytes of JSON: off the event loop
+            choices = [render.text_choice(text if echo else None, scores[i], c, self._decode, spell, k)
+                       for i, (text, _) in enumerate(prompts) for c in generated[i]]
+            if req.stream:
+                result.chunks = _aiter(list(render.text_chunks(rid, self.name, choices, prompt_tokens,
+                                                               completion_tokens)), result)
+            else:
+                result.body = render.text_body(rid, self.name, choices, prompt_tokens, completion_tokens)
+                result.raw, result.finished = encode_json(result.body), True
+
+        await asyncio.to_thread(build)
         return result
 
 
@@ -318,12 +410,29 @@ class ProxyBackend:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self._unreachable(exc) from None
 
-    async def _post(self, path: str, body: dict) -> dict:
+    def _too_large(self) -> APIError:
+        return APIError(502, f"The upstream's response exceeds {self.settings.max_upstream_bytes} bytes.",
+                        type="upstream_error", code="upstream_response_too_large")
+
+    async def _read(self, resp: Any) -> bytes:
+        """The whole response body, at most `max_upstream_bytes` of it."""
+        cap = self.settings.max_upstream_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _post(self, path: str, body: dict) -> tuple[dict, bytes]:
         import aiohttp
 
         resp = await self._open(path, body)
         try:
-            raw = await resp.read()
+            raw = await self._read(resp)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._unreachable(exc) from None
         finally:
@@ -331,9 +440,10 @@ class ProxyBackend:
         if resp.status != 200:
             raise self._upstream_error(resp.status, raw, resp.headers)
         try:
-            return json.loads(raw)
+            # A big reply (echo scoring) takes tens of milliseconds to parse: not on the event loop.
+            return (await asyncio.to_thread(json.loads, raw) if len(raw) > LARGE_BODY else json.loads(raw)), raw
         except ValueError:
-            raise APIError(502, "The upstream sent invalid JSON.", type="upstream_error", code="bad_gateway") from None
+            raise malformed("The upstream sent invalid JSON.") from None
 
     async def _stream(self, path: str, body: dict, result: Result) -> AsyncIterator[dict]:
         import aiohttp
@@ -350,9 +460,13 @@ class ProxyBackend:
             raise self._upstream_error(resp.status, raw, resp.headers)
 
         async def chunks() -> AsyncIterator[dict]:
-            texts: dict[int, list[str]] = {}
+            cap, size = self.settings.max_upstream_bytes, 0
             try:
                 async for raw_line in resp.content:
+                    size += len(raw_line)
+                    if size > cap:
+                        result.error = self._too_large()
+                        break
                     line = raw_line.decode("utf-8", "replace").strip()
                     if not line.startswith("data:"):
                         continue
@@ -362,20 +476,16 @@ class ProxyBackend:
                         break
                     try:
                         chunk = json.loads(data)
-                    except ValueError:
-                        continue
-                    for choice in chunk.get("choices") or ():
-                        piece = choice.get("text")
-                        if piece is None:
-                            piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            texts.setdefault(int(choice.get("index", 0)), []).append(piece)
-                    if chunk.get("usage"):
-                        result.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
-                        result.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
-                    result.texts = ["".join(v) for _, v in sorted(texts.items())]
+                        stream_pieces(chunk)  # the shape the route relies on, checked before the client sees it
+                        usage = _usage(chunk.get("usage"))
+                    except (ValueError, TypeError, AttributeError):
+                        log.warning("upstream sent a malformed stream chunk")
+                        result.error = malformed("The upstream sent a malformed stream chunk.")
+                        break
+                    if usage is not None:
+                        result.prompt_tokens, result.completion_tokens = usage
                     yield chunk
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):  # ValueError: an overlong line
                 log.warning("upstream stream broke off")
             finally:
                 resp.release()
@@ -383,17 +493,25 @@ class ProxyBackend:
         return chunks()
 
     @staticmethod
-    def _absorb(result: Result, body: dict) -> Result:
-        usage = body.get("usage") or {}
-        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        result.completion_tokens = int(usage.get("completion_tokens") or 0)
-        texts = []
-        for choice in body.get("choices") or ():
-            if "message" in choice:
-                texts.append((choice.get("message") or {}).get("content") or "")
-            else:
-                texts.append(choice.get("text") or "")
-        result.texts, result.body, result.finished = texts, body, True
+    def _absorb(result: Result, body: Any, raw: bytes) -> Result:
+        """Read usage and texts from an upstream reply; 502 for a reply that is not a completion."""
+        try:
+            if not isinstance(body, dict):
+                raise TypeError("not an object")
+            usage = _usage(body.get("usage")) or (0, 0)
+            texts = []
+            for choice in body.get("choices") or ():
+                if "message" in choice:
+                    content = (choice.get("message") or {}).get("content")
+                else:
+                    content = choice.get("text")
+                if content is not None and not isinstance(content, str):
+                    raise TypeError("content is not text")
+                texts.append(content or "")
+        except (TypeError, ValueError, AttributeError):
+            raise malformed("The upstream sent a reply that is not a completion.") from None
+        result.prompt_tokens, result.completion_tokens = usage
+        result.texts, result.body, result.raw, result.finished = texts, body, raw, True
         return result
 
     async def models(self) -> dict:
@@ -419,7 +537,7 @@ class ProxyBackend:
         if req.stream:
             result.chunks = await self._stream(path, body, result)
             return result
-        return self._absorb(result, await self._post(path, body))
+        return self._absorb(result, *await self._post(path, body))
 
     async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
         return await self._forward("/chat/completions", req)

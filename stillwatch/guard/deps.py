@@ -62,6 +62,7 @@ class Call:
     principal: Principal | None = None
     params: dict[str, Any] = field(default_factory=dict)
     prompt: Any = None
+    rejected_prompt_chars: int = 2000
 
     def entry(self, status: int, decision: str, error_code: str | None = None, completion: Any = None,
               prompt_tokens: int = 0, completion_tokens: int = 0) -> AuditEntry:
@@ -71,7 +72,8 @@ class Call:
                           endpoint=self.endpoint, params=self.params, prompt=self.prompt, completion=completion,
                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                           latency_ms=(time.perf_counter() - self.start) * 1000.0, status=status, decision=decision,
-                          error_code=error_code, request_id=self.request_id)
+                          error_code=error_code, request_id=self.request_id,
+                          prompt_limit=self.rejected_prompt_chars if status >= 400 else None)
 
 
 def gateway(request: Request) -> Gateway:
@@ -82,7 +84,8 @@ def gateway(request: Request) -> Gateway:
 async def authorize(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
     """401 for a bad key, 403 for a blocked account, 429 over quota; else the caller's Principal."""
     gw = gateway(request)
-    call = Call(endpoint=request.url.path, start=getattr(request.state, "t0", time.perf_counter()))
+    call = Call(endpoint=request.url.path, start=getattr(request.state, "t0", time.perf_counter()),
+                rejected_prompt_chars=gw.settings.rejected_prompt_chars)
     request.state.call = call
     if creds is None:
         gw.metrics.decisions.labels("deny").inc()

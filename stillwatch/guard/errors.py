@@ -73,6 +73,11 @@ def too_large(limit: int) -> APIError:
     return APIError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
 
 
+def too_slow(seconds: float) -> APIError:
+    """408: the body did not arrive in time."""
+    return APIError(408, f"The request body did not arrive within {seconds:g} s.", code="request_timeout")
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
     """("body", "messages", 0, "content") -> "messages[0].content"."""
     parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)

@@ -1,12 +1,14 @@
-"""One pure-ASGI middleware: cap the request body (413) and time every response to its last byte."""
+"""One pure-ASGI middleware: cap the request body (413) and the time to send it (408), and time every
+response to its last byte."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stillwatch.guard.errors import error_bytes, too_large
+from stillwatch.guard.errors import APIError, error_bytes, too_large, too_slow
 from stillwatch.guard.metrics import Metrics
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
@@ -20,11 +22,13 @@ def route_label(path: str) -> str:
 
 
 class GuardMiddleware:
-    """Reads a POST body up to `max_body` bytes before the app sees it (chunked bodies included), answering
-    413 past the cap; records status and latency per route."""
+    """Reads a POST body up to `max_body` bytes within `body_timeout_s` before the app sees it (chunked bodies
+    included), answering 413 past the cap and 408 past the time, before authentication and before any
+    parsing: a client that trickles its body holds one connection, never a worker. Records status and
+    latency per route."""
 
-    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics):
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics, body_timeout_s: float = 30.0):
+        self.app, self.max_body, self.metrics, self.body_timeout_s = app, max_body, metrics, body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,9 +47,14 @@ class GuardMiddleware:
         self.metrics.in_flight.inc()
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read(scope, receive)
+                try:
+                    async with asyncio.timeout(self.body_timeout_s):
+                        body = await self._read(scope, receive)
+                except TimeoutError:
+                    await self._reject(send_and_note, too_slow(self.body_timeout_s))
+                    return
                 if body is None:
-                    await self._reject(send_and_note)
+                    await self._reject(send_and_note, too_large(self.max_body))
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_and_note)
@@ -77,8 +86,7 @@ class GuardMiddleware:
                 break
         return b"".join(chunks)
 
-    async def _reject(self, send: Send) -> None:
-        err = too_large(self.max_body)
+    async def _reject(self, send: Send, err: APIError) -> None:
         payload = error_bytes(err)
         await send({"type": "http.response.start", "status": err.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from stillwatch.guard.accounts import Principal
-from stillwatch.guard.backends import Result
+from stillwatch.guard.backends import Result, stream_pieces
 from stillwatch.guard.deps import Call, Gateway, authorize, gateway
 from stillwatch.guard.errors import APIError, bad_request, over_quota
 from stillwatch.guard.quotas import QuotaExceeded
@@ -53,7 +53,8 @@ async def _check_tokens(gw: Gateway, principal: Principal, wanted: int) -> None:
         raise over_quota(exc.retry_after, exc.should_retry, str(exc)) from None
 
 
-async def _finish(gw: Gateway, call: Call, result: Result, status: int, decision: str) -> None:
+async def _finish(gw: Gateway, call: Call, result: Result, status: int, decision: str,
+                  error_code: str | None = None) -> None:
     """Charge tokens and commit the audit record (raises if the record could not be written)."""
     principal = call.principal
     assert principal is not None
@@ -67,7 +68,7 @@ async def _finish(gw: Gateway, call: Call, result: Result, status: int, decision
         log.exception("charging tokens failed")
     completion = (result.texts[0] if len(result.texts) == 1 else result.texts) if result.texts else None
     await gw.audit.record(call.entry(status, decision, completion=completion, prompt_tokens=result.prompt_tokens,
-                                     completion_tokens=result.completion_tokens))
+                                     completion_tokens=result.completion_tokens, error_code=error_code))
 
 
 def _unaudited() -> APIError:
@@ -83,14 +84,42 @@ async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool)
         except Exception:  # noqa: BLE001
             log.exception("audit write failed")
             raise _unaudited() from None
-        return Response(_json(result.body), media_type="application/json",
+        raw = result.raw if result.raw is not None else _json(result.body)
+        return Response(raw, media_type="application/json",
                         headers={"x-request-id": call.request_id})
     return StreamingResponse(_sse(gw, call, result, include_usage, decision), media_type="text/event-stream",
                              headers={**SSE_HEADERS, "x-request-id": call.request_id})
 
 
+class Delivered:
+    """What a stream has handed to the client so far: the audit and the token charge of a stream that ends
+    early (a hang-up, a broken or malformed upstream) are what was delivered, not what was generated."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.pieces = 0
+
+    def note(self, chunk: dict) -> None:
+        """Count one chunk that was sent."""
+        for index, piece in stream_pieces(chunk):
+            if piece:
+                self.texts.setdefault(index, []).append(piece)
+                self.pieces += 1
+
+    def settle(self, result: Result, complete: bool) -> None:
+        """Make `result` say what was delivered (a complete stream keeps the texts its backend knew)."""
+        if not complete or not result.texts:
+            result.texts = ["".join(v) for _, v in sorted(self.texts.items())]
+        if not complete:
+            # One piece per token is how OpenAI-compatible servers stream; a backend that knows its count
+            # (the local one) is never charged more than it generated.
+            known = result.completion_tokens
+            result.completion_tokens = min(self.pieces, known) if known else self.pieces
+
+
 async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, decision: str) -> AsyncIterator[bytes]:
     assert result.chunks is not None
+    delivered = Delivered()
     try:
         async for chunk in result.chunks:
             if not chunk.get("choices") and chunk.get("usage") is not None:
@@ -99,18 +128,24 @@ async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, dec
             elif not include_usage:
                 chunk.pop("usage", None)
             yield b"data: " + _json(chunk) + b"\n\n"
+            delivered.note(chunk)
     except asyncio.CancelledError:  # the client hung up: still audit what it was sent
-        gw.detach(_finish(gw, call, result, 499, decision))
+        delivered.settle(result, complete=False)
+        gw.detach(_finish(gw, call, result, 499, decision, "client_closed_request"))
         raise
+    delivered.settle(result, complete=result.finished)
     status = 200 if result.finished else 502
     try:
-        await _finish(gw, call, result, status, decision)
+        await _finish(gw, call, result, status, decision,
+                      None if result.finished else (result.error.code if result.error else "bad_gateway"))
     except Exception:  # noqa: BLE001
         log.exception("audit write failed")
         yield b"data: " + _json(_unaudited().body()) + b"\n\n"
         return
     if not result.finished:
-        yield b"data: " + _json(APIError(502, "The upstream stream broke off.", type="upstream_error").body()) + b"\n\n"
+        err = result.error or APIError(502, "The upstream stream broke off.", type="upstream_error",
+                                       code="bad_gateway")
+        yield b"data: " + _json(err.body()) + b"\n\n"
         return
     yield b"data: [DONE]\n\n"
 

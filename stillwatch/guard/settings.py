@@ -35,9 +35,16 @@ class GuardSettings(BaseSettings):
     quotas_file: Path | None = None
 
     max_body_bytes: int = 1_000_000
+    # A request body must arrive within this time (408 after), before authentication: no slow-body holds.
+    body_timeout_s: float = Field(30.0, gt=0)
+    # The most bytes read from the upstream for one response (502 beyond): a broken or hostile upstream
+    # cannot make the gateway buffer without limit. Echo scoring with top-20 logprobs needs a few MB.
+    max_upstream_bytes: int = Field(64_000_000, ge=1)
     max_n: int = 8
     max_tokens_limit: int = 512
     store_prompts: bool = True
+    # A refused request keeps this many characters of its prompt, and the SHA-256 of all of it.
+    rejected_prompt_chars: int = Field(2000, ge=0)
     prompt_retention_days: int = 30
     # Completions are the evidence `prove` reads, so they are kept until this many days (0 = forever).
     completion_retention_days: int = 0
