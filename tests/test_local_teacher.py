@@ -44,7 +44,8 @@ def test_batched_greedy_equals_one_at_a_time(teacher: LocalTeacher) -> None:
 
 def test_seed_n_samples_and_finish_reasons(teacher: LocalTeacher) -> None:
     params = SamplingParams(max_tokens=8, temperature=1.0, n=3, seed=11)
-    first, again = teacher.generate(PROMPTS[:1], params), teacher.generate(PROMPTS[:1], params)
+    story = [PROMPTS[1]]  # the open task: a trained teacher is confident on arithmetic, not on stories
+    first, again = teacher.generate(story, params), teacher.generate(story, params)
     assert len(first[0]) == 3
     assert [c.token_ids for c in first[0]] == [c.token_ids for c in again[0]]
     assert len({tuple(c.token_ids) for c in first[0]}) > 1
