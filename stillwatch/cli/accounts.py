@@ -1,7 +1,9 @@
 """`stillwatch keys`, `stillwatch accounts` and `stillwatch audit`: the admin operations on the command line.
 
 Each command takes `--db URL`, by default the database `stillwatch serve` uses (`STILLWATCH_DB`, else
-sqlite:///stillwatch.db), and brings its schema up to date first, so a key can be made before the first serve.
+sqlite:///stillwatch.db). Commands that write bring its schema up to date first, so a key can be made before
+the first serve; commands that only read (`keys list`, `accounts list`, `accounts usage`, `audit`) never
+migrate, never create a database file, and say so when the database is missing or behind.
 """
 
 from __future__ import annotations
@@ -24,19 +26,17 @@ DB_HELP = "Database URL (default: STILLWATCH_DB, else the one `stillwatch serve`
 err = Console(stderr=True)
 
 
-def _engine(db: Optional[str]):  # -> sqlalchemy.Engine
-    from stillwatch.guard.db import make_engine, upgrade
+def _engine(db: Optional[str], write: bool = True):  # -> sqlalchemy.Engine
+    from stillwatch.guard.db import open_database
     from stillwatch.guard.settings import GuardSettings
 
-    engine = make_engine(db or GuardSettings().db_url)
-    upgrade(engine)
-    return engine
+    return open_database(db or GuardSettings().db_url, migrate=write)
 
 
-def _store(db: Optional[str]):  # -> AccountStore
+def _store(db: Optional[str], write: bool = True):  # -> AccountStore
     from stillwatch.guard.accounts import AccountStore
 
-    return AccountStore(_engine(db))
+    return AccountStore(_engine(db, write))
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
@@ -81,7 +81,7 @@ def keys_list(account: Optional[str] = typer.Option(None, "--account", help="Onl
               as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
               db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Key ids, owners and dates (never the keys themselves)."""
-    rows = _store(db).list_keys(account)
+    rows = _store(db, write=False).list_keys(account)
     _print_rows(rows, ["key_id", "account", "created_at", "revoked_at"], "keys", as_json)
 
 
@@ -90,7 +90,7 @@ def keys_list(account: Optional[str] = typer.Option(None, "--account", help="Onl
 def accounts_list(as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Every account with its state."""
-    rows = _store(db).list_accounts()
+    rows = _store(db, write=False).list_accounts()
     _print_rows(rows, ["name", "blocked", "block_reason", "degraded", "active_keys", "created_at"], "accounts",
                 as_json)
 
@@ -142,7 +142,7 @@ def accounts_usage(name: str = typer.Argument(..., help="Account name."),
                    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
                    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Requests, tokens and refusals of an account, from the audit log."""
-    usage = _store(db).usage(name, since=_utc(since))
+    usage = _store(db, write=False).usage(name, since=_utc(since))
     if as_json:
         print(json.dumps(usage))
     else:
@@ -161,7 +161,7 @@ def audit(account: Optional[str] = typer.Option(None, "--account", help="Only th
     from stillwatch.guard.audit import AuditLog
     from stillwatch.guard.settings import GuardSettings
 
-    log = AuditLog(_engine(db), GuardSettings())
+    log = AuditLog(_engine(db, write=purge), GuardSettings())
     if purge:
         err.print(f"retention: blanked the texts of {log.purge()} records")
     rows = log.query(account=account, since=_utc(since), limit=limit)

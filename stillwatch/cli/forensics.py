@@ -143,6 +143,7 @@ def prove_cmd(
     """Test whether a suspect model was trained on your watermarked outputs; writes a report with controls."""
     from stillwatch.errors import ConfigError
     from stillwatch.forensics.prove import ProveSettings, evidence_tokenizer_dir, load_evidence, prove
+    from stillwatch.cli.paths import check_writable_dir
     from stillwatch.forensics.report import write_report
     from stillwatch.redact import command_line
 
@@ -150,6 +151,10 @@ def prove_cmd(
         raise ConfigError("give exactly one of --suspect DIR or --suspect-endpoint URL")
     if fmt not in ("md", "html"):
         raise ConfigError("--format must be md or html")
+    settings = ProveSettings(alpha=alpha, max_texts=max_texts, task=task, max_prompts=max_prompts,
+                             samples_per_prompt=samples, temperature=temperature, kgram_top=kgram_top,
+                             per_window_top=per_window_top, closed_logprobs=logprobs, seed=seed)
+    check_writable_dir(out)  # before the test, not after it
     from stillwatch.forensics.prove import stored_watermark
 
     recorded = stored_watermark(evidence) or {}
@@ -161,9 +166,6 @@ def prove_cmd(
         raise ConfigError(f"this key (fingerprint {config.fingerprint}) is not the one that watermarked "
                           f"{evidence} (fingerprint {recorded['key_fingerprint']})")
     tok, tok_dir = _tokenizer(tokenizer, evidence_tokenizer_dir(evidence), str(suspect) if suspect else None)
-    settings = ProveSettings(alpha=alpha, max_texts=max_texts, task=task, max_prompts=max_prompts,
-                             samples_per_prompt=samples, temperature=temperature, kgram_top=kgram_top,
-                             per_window_top=per_window_top, closed_logprobs=logprobs, seed=seed)
     ev = load_evidence(evidence, tok, account=account, task=task)
     report = prove(ev, config, tok, suspect_dir=suspect, suspect_endpoint=suspect_endpoint, api_key=api_key,
                    control_dirs=control or (), settings=settings, endpoint_model=served_model, progress=True)

@@ -53,6 +53,7 @@ def harvest(
 ) -> None:
     from stillwatch.errors import ConfigError, TeacherError
     from stillwatch.harvest import HarvestStore, file_source, harvest as run_harvest, task_source, tokenizer_info
+    from stillwatch.harvest.store import discard_store
     from stillwatch.teachers.completion import SamplingParams
 
     if ctx.invoked_subcommand is not None:
@@ -87,12 +88,26 @@ def harvest(
         source = source.shard(*shard_spec)
     if tokenizer is not None:
         info["tokenizer"] = tokenizer_info(tokenizer)
-    with HarvestStore(out, create=True) as store:
-        store.record_teacher(subject.name, info)
-        print(f"harvest: {source.describe} from {subject.name} into {out}"
-              + (" (watermarked)" if "watermark" in info else ""), file=sys.stderr)
-        result = run_harvest(subject, source, store, params, concurrency=concurrency, total=source.total,
-                             progress=progress, retries=retries, max_consecutive_failures=max_failures)
+    new_store = not out.exists()
+    try:
+        with HarvestStore(out, create=True) as store:
+            store.record_teacher(subject.name, info)
+            print(f"harvest: {source.describe} from {subject.name} into {out}"
+                  + (" (watermarked)" if "watermark" in info else ""), file=sys.stderr)
+            result = run_harvest(subject, source, store, params, concurrency=concurrency, total=source.total,
+                                 progress=progress, retries=retries, max_consecutive_failures=max_failures)
+            empty = store.count() == 0
+    except BaseException as exc:
+        # A failed first run leaves no empty store behind to be mistaken for a harvest (rows are always kept).
+        if new_store and out.exists() and _empty(out):
+            discard_store(out)
+            if isinstance(exc, TeacherError):
+                reason = str(exc).split(";")[0]
+                raise TeacherError(f"{reason}; nothing was collected, so no store was left at {out}") from None
+        raise
+    if new_store and empty and result.prompts_failed:
+        discard_store(out)
+        raise TeacherError(f"every prompt failed ({result.prompts_failed}); no store was written at {out}")
     rate = result.completion_tokens / result.seconds if result.seconds else 0.0
     print(f"harvested {result.rows_added} new rows from {result.prompts_done} prompts in "
           f"{result.seconds:.1f} s ({rate:,.0f} tok/s); {result.prompts_skipped} prompts were already complete; "
@@ -100,6 +115,16 @@ def harvest(
     if result.prompts_failed:
         raise TeacherError(f"{result.prompts_failed} prompts failed after every retry; {result.rows_total} rows "
                            f"are kept in {out}; re-run the same command to retry them")
+
+
+def _empty(path: Path) -> bool:
+    from stillwatch.harvest import HarvestStore
+
+    try:
+        with HarvestStore(path) as store:
+            return store.count() == 0
+    except Exception:  # noqa: BLE001 - unreadable: leave it for a person to look at
+        return False
 
 
 def _parse_shard(text: str) -> tuple[int, int]:

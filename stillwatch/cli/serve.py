@@ -52,6 +52,9 @@ def serve(
 
     from stillwatch.errors import ConfigError
     from stillwatch.guard.app import create_app
+    from stillwatch.guard.backends import make_backend
+    from stillwatch.guard.db import open_database
+    from stillwatch.guard.quotas import Quotas
     from stillwatch.guard.settings import GuardSettings
     from stillwatch.redact import redact_url
 
@@ -79,12 +82,49 @@ def serve(
         raise ConfigError("a watermark key applies to --teacher; an upstream watermarks (or not) itself")
     if settings.host not in LOOPBACK:
         print(f"stillwatch: warning: binding {settings.host}, reachable beyond this machine", file=sys.stderr)
-    app = create_app(settings)
-    what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {redact_url(settings.upstream or '')}"
-    print(f"stillwatch: serving {what} as '{settings.served_model_name}' on http://{settings.host}:{settings.port}/v1"
-          f" (admin API {'on' if settings.admin_key else 'off'})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
-                timeout_graceful_shutdown=10)
+    # Everything that can fail does so here, as one line, before the address is taken and "serving" said.
+    open_database(settings.db_url, settings.sqlite_synchronous, migrate=True).dispose()
+    Quotas(settings.rate_limit_storage, settings.quotas_file)  # a bad quotas file or storage URI
+    sock = _bind(settings.host, settings.port)
+    try:
+        app = create_app(settings, backend=make_backend(settings))
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log,
+                                               timeout_graceful_shutdown=10))
+        what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {redact_url(settings.upstream or '')}"
+        print(f"stillwatch: serving {what} as '{settings.served_model_name}' on "
+              f"http://{_url_host(settings.host)}:{sock.getsockname()[1]}/v1 "
+              f"(admin API {'on' if settings.admin_key else 'off'})", file=sys.stderr, flush=True)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:  # the lifespan failed after the checks above; uvicorn has logged why
+        raise ConfigError("the gateway did not start (see the log above)")
+
+
+def _bind(host: str, port: int):  # -> socket.socket
+    """A listening socket on host:port, or a one-line error (a busy port, an address not on this machine)."""
+    import socket
+
+    from stillwatch.errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, IndexError) as exc:
+        raise ConfigError(f"cannot bind {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,8 @@ teacher, mixed with harvested data by lambda). The output is a normal HF model d
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +30,13 @@ from stillwatch.errors import ConfigError, ModelDirError, TokenizerMismatchError
 from stillwatch.models import MODEL_CARD, build_model, count_parameters, load_model, save_model, save_tokenizer
 from stillwatch.redact import redact
 from stillwatch.runinfo import run_info
-from stillwatch.train import Batch, TrainConfig, train, unwrap
+from stillwatch.train import CHECKPOINT, Batch, TrainConfig, train, unwrap
 
 RUN_DIR = "_run"
 COUNTERS = "distill_counters.json"
+RUN_CONFIG = "distill_config.json"
+# Settings a resumed run may change: they decide when to write and log, never what is learned.
+RESUMABLE = ("checkpoint_every", "log_every")
 LOSSES = ("sft", "kd", "on-policy")
 Loss = Literal["sft", "kd", "on-policy"]
 
@@ -63,6 +68,20 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        for name in ("lr", "temperature", "beta", "lmbda", "ce_weight", "sample_temperature"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, not {self.lr}")
+        for name in ("steps", "batch_size", "max_length", "max_new_tokens", "checkpoint_every", "log_every",
+                     "buffer_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("warmup", "teacher_top_k", "endpoint_top_k"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.sample_temperature <= 0:
+            raise ConfigError(f"sample_temperature must be positive, not {self.sample_temperature}")
         if self.divergence is None:
             self.divergence = "reverse" if self.loss == "on-policy" else "forward"
         try:
@@ -144,6 +163,33 @@ def _store_fingerprint(meta: dict) -> str | None:
     return None
 
 
+def _run_config(cfg: DistillConfig, preset: str, init: Path | None) -> dict:
+    """What an unfinished run must be resumed with: everything that changes what the student learns."""
+    stored = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
+    return {**stored, "student": str(init) if init else f"preset {preset}"}
+
+
+def _check_resume(run_dir: Path, wanted: dict) -> None:
+    """Refuse to resume a checkpointed run with another configuration, naming every difference."""
+    path = run_dir / RUN_CONFIG
+    if not (path.is_file() and (run_dir / CHECKPOINT).exists()):
+        return  # nothing trained yet (or a run from before configurations were recorded)
+    stored = json.loads(path.read_text())
+    changed = [f"{k} {stored.get(k)!r} (now {wanted.get(k)!r})" for k in sorted(set(stored) | set(wanted))
+               if stored.get(k) != wanted.get(k)]
+    if changed:
+        raise ConfigError(f"{run_dir.parent} holds an unfinished run with another configuration: "
+                          f"{', '.join(changed)}; resume with the same settings or choose a new --out")
+
+
+def _record_run_config(run_dir: Path, wanted: dict) -> None:
+    """Write the configuration a resumed run is checked against (every rank may; each write is whole)."""
+    path = run_dir / RUN_CONFIG
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def _save_card(tokenizer: PreTrainedTokenizerBase, out: Path, card: dict) -> None:
     save_tokenizer(tokenizer, out)
     (out / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
@@ -168,6 +214,8 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
                           "--teacher DIR or --endpoint URL --api-key KEY")
     if out.exists() and any(out.iterdir()) and not (out / RUN_DIR).is_dir():
         raise ModelDirError(f"{out} exists and is not an unfinished distillation run; choose a new directory")
+    run_config = _run_config(cfg, preset, init)
+    _check_resume(out / RUN_DIR, run_config)
 
     tokenizer = _student_tokenizer(init, teacher, Path(tokenizer_dir) if tokenizer_dir else None)
     source = RowSource(data, tokenizer, seed=cfg.seed, buffer_rows=cfg.buffer_rows, with_top=cfg.loss != "sft")
@@ -208,6 +256,7 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
 
     run_dir = out / RUN_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
+    _record_run_config(run_dir, run_config)
     counters_path = run_dir / COUNTERS
     scored: dict[str, int] = json.loads(counters_path.read_text()) if counters_path.is_file() else {}
     maker = BatchMaker(source, cfg.batch_size, tokenizer.pad_token_id, cfg.max_length,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,18 @@ class ProveSettings:
     # closed mode: ask the API for log-probabilities and score its most likely token at each generated position
     closed_logprobs: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and 0.0 < self.alpha < 1.0):
+            raise ConfigError(f"alpha is a significance level between 0 and 1, not {self.alpha}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise ConfigError(f"temperature must be 0 or more, not {self.temperature}")
+        for name in ("control_keys", "max_texts", "batch_size", "max_prompts", "samples_per_prompt", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("kgram_top", "per_window_top"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
 def is_db_url(source: str | Path) -> bool:
@@ -134,10 +147,10 @@ def _iter_raw(source: str | Path, account: str | None) -> Iterator[tuple[str, st
     if is_db_url(source):
         try:
             from stillwatch.guard.audit import iter_served
-            from stillwatch.guard.db import make_engine
+            from stillwatch.guard.db import open_database
         except ImportError as exc:
             raise ConfigError(f"reading a gateway database needs the guard package: {exc}") from None
-        engine = make_engine(str(source))
+        engine = open_database(str(source), migrate=False)  # evidence is read, never created or migrated
         try:
             for record in iter_served(engine, account=account):
                 if record.get("prompt") is None or record.get("completion") is None:

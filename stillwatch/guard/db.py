@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
-from stillwatch.errors import ConfigError
+from stillwatch.errors import ConfigError, StillwatchError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
@@ -121,6 +121,88 @@ def upgrade(target: str | Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
     if isinstance(target, str):
         engine.dispose()
+
+
+class DatabaseError(StillwatchError):
+    """The database is unreachable, is not a stillwatch database, or is at a revision this version lacks."""
+
+
+def head_revision() -> str:
+    """The newest revision the packaged migrations know."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a database failure, without the SQL or parameters that SQLAlchemy appends."""
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()
+    return text[0] if text else type(inner).__name__
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    try:
+        parsed = make_url(normalize_url(url))
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def open_database(url: str, synchronous: str = "NORMAL", *, migrate: bool) -> Engine:
+    """An engine for `url` whose schema is at the packaged head: migrated first when `migrate`, else only
+    checked, so that a read-only command never writes (nor creates a file) and fails with one line."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    file = sqlite_file(url)
+    if not migrate and file is not None and not file.is_file():
+        raise DatabaseError(f"no database at {file}")
+    engine = make_engine(url, synchronous)
+    try:
+        if migrate:
+            upgrade(engine)
+        else:
+            revision, head = current_revision(engine), head_revision()
+            if revision is None:
+                raise DatabaseError(f"{_where(url)} holds no stillwatch tables; `stillwatch serve` or "
+                                    "`stillwatch keys create` sets it up")
+            if revision != head and not _known(revision):
+                raise CommandError(f"Can't locate revision identified by '{revision}'")
+            if revision != head:
+                raise DatabaseError(f"{_where(url)} is at revision {revision}, not {head}: run `stillwatch serve` "
+                                    "or a write command (e.g. `stillwatch accounts create`) once to migrate it")
+    except CommandError as exc:
+        engine.dispose()
+        raise DatabaseError(f"{_where(url)} is at a schema revision this stillwatch does not know "
+                            f"({describe(exc)}); is it newer than this version?") from None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot use the database {_where(url)}: {describe(exc)}") from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 - alembic raises several kinds for an unknown id
+        return False
+
+
+def _where(url: str) -> str:
+    from stillwatch.redact import redact_url
+
+    return redact_url(url)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -74,7 +74,10 @@ def _parse(value: Any, where: str) -> tuple[RateLimitItem, ...]:
                           "(use e.g. \"600/minute\" or \"10/second;1000/day\")") from None
 
 
-def _policy(table: dict[str, Any], base: QuotaPolicy, where: str) -> QuotaPolicy:
+def _policy(table: Any, base: QuotaPolicy, where: str) -> QuotaPolicy:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table of limits like [{where}] with requests = \"600/minute\", "
+                          f"got {table!r}")
     unknown = set(table) - _FIELDS
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
@@ -96,8 +99,10 @@ def load_quotas(path: Path | str | None) -> tuple[QuotaPolicy, dict[str, QuotaPo
     if unknown:
         raise ConfigError(f"quotas file {path}: unknown table(s) {sorted(unknown)}; use [default] and [accounts.NAME]")
     default = _policy(data.get("default", {}), default, "default")
-    overrides = {name: _policy(table, default, f"accounts.{name}")
-                 for name, table in data.get("accounts", {}).items()}
+    accounts = data.get("accounts", {})
+    if not isinstance(accounts, dict):
+        raise ConfigError(f"quotas file {path}: accounts must be tables like [accounts.NAME], got {accounts!r}")
+    overrides = {name: _policy(table, default, f"accounts.{name}") for name, table in accounts.items()}
     return default, overrides
 
 

@@ -303,6 +303,12 @@ class HarvestStore:
         self.close()
 
 
+def discard_store(path: str | Path) -> None:
+    """Delete a store file with its WAL and shared-memory files (a store this run created and left empty)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def _watermark_words(config: dict | None) -> str:
     return f"watermarked (key {config.get('key_fingerprint')})" if config else "without a watermark"
 
