@@ -45,3 +45,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny` model with random weights (context 256): serving or loading it needs no training."""
+    from stillwatch.models import build_model, save_model
+    from stillwatch.tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("untrained") / "tiny"
+    tokenizer = train_tokenizer()
+    save_model(build_model("tiny", tokenizer, seed=0), tokenizer, path, {"kind": "test"})
+    return path

@@ -21,15 +21,8 @@ from stillwatch.cli import main
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with random weights: loads in a second, needs no training."""
-    from stillwatch.models import build_model, save_model
-    from stillwatch.tokenizer import train_tokenizer
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tokenizer = train_tokenizer()
-    save_model(build_model("tiny", tokenizer, seed=0), tokenizer, path, {"kind": "test"})
-    return path
+def untrained(untrained_tiny: Path) -> Path:
+    return untrained_tiny
 
 
 @pytest.fixture(scope="module")

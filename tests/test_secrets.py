@@ -16,15 +16,8 @@ WATERMARK = "watermark-secret-for-the-secrets-test"
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with random weights: enough for a run to write every artifact, in a second."""
-    from stillwatch.models import build_model, save_model
-    from stillwatch.tokenizer import train_tokenizer
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tokenizer = train_tokenizer()
-    save_model(build_model("tiny", tokenizer, seed=0), tokenizer, path, {"kind": "test"})
-    return path
+def untrained(untrained_tiny: Path) -> Path:
+    return untrained_tiny
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> str:

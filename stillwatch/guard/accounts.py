@@ -25,7 +25,9 @@ from stillwatch.guard.db import write_transaction
 from stillwatch.guard.tables import Account, ApiKey, AuditRecord, utcnow
 
 KEY_PREFIX = "sw"
-_NAME_RE = re.compile(r"^[\w.@+:-]{1,200}$")
+# ASCII only, and \Z rather than $ (which also matches before a final newline): "alice\n" or a Cyrillic
+# "аlice" must never be a second account beside "alice".
+_NAME_RE = re.compile(r"[A-Za-z0-9_.@+:-]{1,200}\Z", re.ASCII)
 _KEY_RE = re.compile(r"^sw-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
 
 

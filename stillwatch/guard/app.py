@@ -59,8 +59,11 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
             await audit.stop()  # writes everything queued before the process ends
             engine.dispose()
 
+    # The OpenAPI document describes the admin API too: off unless asked for, and never the HTML pages,
+    # which would load scripts from a CDN.
     app = FastAPI(title="stillwatch gateway", version=getattr(stillwatch, "__version__", "0"), lifespan=lifespan,
-                  description="An OpenAI-compatible gateway with accounts, keys, quotas and a durable audit log.")
+                  description="An OpenAI-compatible gateway with accounts, keys, quotas and a durable audit log.",
+                  openapi_url="/openapi.json" if settings.openapi_docs else None, docs_url=None, redoc_url=None)
     app.state.gateway = gw
     install_handlers(app, on_error=audit_error)
     app.include_router(v1)

@@ -111,6 +111,12 @@ async def _aiter(items: Iterable[dict], result: Result) -> AsyncIterator[dict]:
     result.finished = True
 
 
+def _check_greedy_n(n: int | None, temperature: float | None) -> None:
+    # Greedy decoding has one answer: n copies of it would be charged n times for nothing.
+    if (n or 1) > 1 and temperature == 0:
+        raise bad_request("n must be 1 when temperature is 0 (greedy decoding gives one answer).", param="n")
+
+
 def model_not_found(name: str) -> APIError:
     """404 for a model this gateway does not serve."""
     return APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
@@ -263,6 +269,7 @@ class LocalBackend:
         max_tokens = self._max_tokens(req.max_completion_tokens or req.max_tokens, n_prompt, None)
         self._check_fits(n_prompt, max_tokens, "messages")
         top = req.top_logprobs or 0 if req.logprobs else 0
+        _check_greedy_n(req.n, req.temperature)
         params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                                 top_p=1.0 if req.top_p is None else req.top_p, n=req.n or 1, seed=req.seed,
                                 stop=req.stops(), top_logprobs=top)
@@ -318,6 +325,7 @@ class LocalBackend:
                 self._check_fits(len(item), 0, param)
         prompts = await asyncio.to_thread(self._prompts, req.prompt)
         n = req.n or 1
+        _check_greedy_n(n, req.temperature)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         for text, ids in prompts:
             self._check_fits(len(ids), max_tokens, "prompt")

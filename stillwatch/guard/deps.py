@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,12 +14,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from stillwatch.guard.accounts import AccountStore, InvalidKey, Principal
 from stillwatch.guard.audit import AuditEntry, AuditLog
-from stillwatch.guard.errors import APIError, account_blocked, invalid_key, over_quota
+from stillwatch.guard.errors import APIError, account_blocked, invalid_key, is_database_outage, over_quota, unavailable
 from stillwatch.guard.metrics import Metrics
 from stillwatch.guard.quotas import QuotaExceeded, Quotas
 from stillwatch.guard.settings import GuardSettings
 
 T = TypeVar("T")
+log = logging.getLogger("stillwatch.guard")
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `stillwatch keys create`.")
 
@@ -41,9 +43,39 @@ class Gateway:
         """Run a short database call."""
         return fn(*args) if self.inline_db else await asyncio.to_thread(fn, *args)
 
-    async def quota(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a quota call."""
-        return fn(*args) if self.inline_quotas else await asyncio.to_thread(fn, *args)
+    async def quota(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run a quota call; when the quota store fails, 503 (fail closed) or None and no limit (fail open)."""
+        try:
+            return fn(*args) if self.inline_quotas else await asyncio.to_thread(fn, *args)
+        except QuotaExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis down, timed out or refusing: the store is unavailable
+            log.error("quota store unavailable: %s", type(exc).__name__)
+            self.metrics.decisions.labels("quota_unavailable").inc()
+            if self.settings.quota_failure == "open":
+                return None
+            raise unavailable("quota store", "quota_unavailable", self.settings.unavailable_retry_after_s) from None
+
+    async def check_database(self) -> bool:
+        """Whether the database answers a trivial query (for /health and /ready)."""
+        def ping() -> None:
+            with self.store.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(ping), timeout=2.0)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means: not ready
+            return False
+
+    async def check_quotas(self) -> bool:
+        """Whether the quota store answers (memory:// always does)."""
+        if self.inline_quotas:
+            return True
+        try:
+            return bool(await asyncio.wait_for(asyncio.to_thread(self.quotas.storage.check), timeout=2.0))
+        except Exception:  # noqa: BLE001
+            return False
 
     def detach(self, coro: Any) -> None:
         """Finish `coro` even though the request that started it was cancelled."""
@@ -82,7 +114,7 @@ def gateway(request: Request) -> Gateway:
 
 
 async def authorize(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
-    """401 for a bad key, 403 for a blocked account, 429 over quota; else the caller's Principal."""
+    """401 for a bad key, 429 over quota, 403 for a blocked account, 503 if a store is down; else the Principal."""
     gw = gateway(request)
     call = Call(endpoint=request.url.path, start=getattr(request.state, "t0", time.perf_counter()),
                 rejected_prompt_chars=gw.settings.rejected_prompt_chars)
@@ -95,13 +127,20 @@ async def authorize(request: Request, creds: HTTPAuthorizationCredentials | None
     except InvalidKey:
         gw.metrics.decisions.labels("deny").inc()
         raise invalid_key() from None
+    except Exception as exc:
+        if not is_database_outage(exc):
+            raise
+        log.error("database unavailable: %s", type(exc).__name__)
+        raise unavailable("database", "database_unavailable", gw.settings.unavailable_retry_after_s) from None
     call.principal = principal
-    if principal.blocked:
-        raise account_blocked(principal.block_reason if gw.settings.show_block_reason else None)
+    # Quotas first: a blocked account that keeps sending is throttled like any other, not given a free
+    # (and audited) 403 per request.
     try:
         await gw.quota(gw.quotas.check_request, principal)
     except QuotaExceeded as exc:
         raise over_quota(exc.retry_after, exc.should_retry, str(exc)) from None
+    if principal.blocked:
+        raise account_blocked(principal.block_reason if gw.settings.show_block_reason else None)
     return principal
 
 

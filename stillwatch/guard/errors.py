@@ -68,6 +68,19 @@ def over_quota(retry_after: float, should_retry: bool, message: str | None = Non
                     decision="throttle")
 
 
+def unavailable(what: str, code: str, retry_after_s: int) -> APIError:
+    """503 with `Retry-After`: a store the gateway needs is down; the client retries after a moment."""
+    return APIError(503, f"The {what} is unavailable right now; retry in a moment.", type="server_error",
+                    code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """A database that cannot be reached or used right now (not a bug in a query)."""
+    from sqlalchemy import exc as sa
+
+    return isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.TimeoutError, sa.DisconnectionError))
+
+
 def too_large(limit: int) -> APIError:
     """413: the body is over the configured cap."""
     return APIError(413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
@@ -139,6 +152,11 @@ def install_handlers(app: FastAPI, on_error: Recorder | None = None) -> None:
         return await respond(request, err)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_database_outage(exc):  # any route (admin included) whose database went away
+            log.error("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+            gw = getattr(request.app.state, "gateway", None)
+            wait = gw.settings.unavailable_retry_after_s if gw is not None else 2
+            return await respond(request, unavailable("database", "database_unavailable", wait))
         # A bug: log it (the traceback has no key in it) and answer in OpenAI's shape.
         log.exception("unhandled error on %s", request.url.path)
         return await respond(request, APIError(500, "The server had an error while processing your request.",

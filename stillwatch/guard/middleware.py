@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stillwatch.guard.errors import APIError, error_bytes, too_large, too_slow
 from stillwatch.guard.metrics import Metrics
 
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics")
 
 
 def route_label(path: str) -> str:

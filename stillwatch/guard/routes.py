@@ -1,7 +1,8 @@
-"""The OpenAI surface (/v1) and the operations endpoints (/health, /metrics).
+"""The OpenAI surface (/v1) and the operations endpoints (/health, /ready, /metrics).
 
-Each /v1 request runs: auth (401) → blocked? (403) → quota (429) → parameter limits (400) → backend → token
-charge → audit record committed → last byte. For a stream, the record commits before `data: [DONE]`.
+Each /v1 request runs: auth (401) → quota (429) → blocked? (403) → parameter limits (400) → backend → token
+charge → audit record committed → last byte. For a stream, the record commits before `data: [DONE]`. A
+database or quota store that is down gives 503 with Retry-After, never 500.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ async def _finish(gw: Gateway, call: Call, result: Result, status: int, decision
                                      completion_tokens=result.completion_tokens, error_code=error_code))
 
 
-def _unaudited() -> APIError:
+def _unaudited(retry_after_s: int = 2) -> APIError:
     return APIError(503, "The audit log is unavailable; the response was withheld.", type="server_error",
-                    code="audit_unavailable")
+                    code="audit_unavailable", headers={"Retry-After": str(retry_after_s)})
 
 
 async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool) -> Response:
@@ -83,7 +84,7 @@ async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool)
             await _finish(gw, call, result, 200, decision)
         except Exception:  # noqa: BLE001
             log.exception("audit write failed")
-            raise _unaudited() from None
+            raise _unaudited(gw.settings.unavailable_retry_after_s) from None
         raw = result.raw if result.raw is not None else _json(result.body)
         return Response(raw, media_type="application/json",
                         headers={"x-request-id": call.request_id})
@@ -206,9 +207,28 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
 
 @ops.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """Liveness: the process answers and its backend is loaded."""
+    """Liveness (always 200 while the process answers): "ok", "starting", or "degraded" naming what is down."""
     gw = gateway(request)
-    return JSONResponse({"status": "ok" if gw.backend is not None else "starting"})
+    checks = await _checks(gw)
+    status = "starting" if gw.backend is None else ("ok" if all(checks.values()) else "degraded")
+    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()}})
+
+
+@ops.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness for orchestrators: 200 when requests can be served, else 503 with Retry-After."""
+    gw = gateway(request)
+    checks = await _checks(gw)
+    checks["backend"] = gw.backend is not None
+    body = {"ready": all(checks.values()), "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()}}
+    if body["ready"]:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(gw.settings.unavailable_retry_after_s)})
+
+
+async def _checks(gw: Gateway) -> dict[str, bool]:
+    database, quotas = await asyncio.gather(gw.check_database(), gw.check_quotas())
+    return {"database": database, "quota_store": quotas}
 
 
 @ops.get("/metrics", response_class=Response)

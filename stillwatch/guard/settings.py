@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,10 @@ class GuardSettings(BaseSettings):
     # "memory://" for one replica; "redis://127.0.0.1:6379" to share limits across replicas.
     rate_limit_storage: str = "memory://"
     quotas_file: Path | None = None
+    # When the quota store (Redis) is down: "closed" refuses requests with 503, "open" serves them uncounted.
+    quota_failure: Literal["closed", "open"] = "closed"
+    # Retry-After (seconds) on a 503 while a database or the quota store is unavailable.
+    unavailable_retry_after_s: int = Field(2, ge=1)
 
     max_body_bytes: int = 1_000_000
     # A request body must arrive within this time (408 after), before authentication: no slow-body holds.
@@ -51,6 +56,8 @@ class GuardSettings(BaseSettings):
     # Audit group commit: at most this many records per transaction.
     audit_batch_max: int = 512
     show_block_reason: bool = True
+    # Serve /openapi.json (it describes the admin API as well, so it is off by default).
+    openapi_docs: bool = False
 
     # Local backend batching.
     max_batch: int = 64
