@@ -9,6 +9,7 @@ logit extraction, with rules that explain the score and a small hashed n-gram lo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -52,11 +53,13 @@ class ElicitClassifier:
 
     def score(self, prompt: object) -> dict:
         """Named scores per category, the combined score, the verdict and the rule hits; never raises."""
-        pt = prompt_text(prompt)
+        pt = prompt_text(prompt, self.config.segments)
         joined = pt.joined()
         hits = rule_hits(joined)
-        names = [rule.name for rule, _ in hits]
-        probs = 1.0 / (1.0 + np.exp(-self.logits(joined, names).astype(np.float64)))
+        logits = self.logits(joined, [rule.name for rule, _ in hits])
+        for seg in pt.segments:  # a hidden attack scores as itself, whatever surrounds it
+            logits = np.maximum(logits, self.logits(seg, [rule.name for rule, _ in rule_hits(seg)]))
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         scores = {c: round(float(p), 6) for c, p in zip(CATEGORIES, probs)}
         best = max(scores, key=scores.get)
         combined = scores[best]
@@ -72,6 +75,10 @@ class ElicitClassifier:
             "threshold": self.threshold,
             "model": self.version,
         }
+
+    def with_segments(self, segments: int) -> "ElicitClassifier":
+        """The same weights, scoring up to `segments` segments of each prompt alone (0: the whole prompt only)."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, segments=segments))
 
     def score_many(self, prompts: list) -> list[dict]:
         """Score a batch of prompts (each as `score` does)."""

@@ -28,6 +28,8 @@ class FeatureConfig:
     use_rules: bool = True
     use_concepts: bool = True
     concept_window: int = 6
+    # at scoring time, also score up to this many lines/sentences/strings alone and keep each category's max
+    segments: int = 24
 
     @property
     def dim(self) -> int:

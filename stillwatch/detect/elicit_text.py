@@ -32,6 +32,7 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){12,}")
 _PERCENT = re.compile(r"(?:%[0-9a-fA-F]{2}){3,}")
 _SPACES = re.compile(r"\s+")
+_SEGMENT = re.compile(r"\n+|(?<=[.!?;:。！？])\s+|[\"“”]|<!--|-->|\s#\s|^#\s|--\s", re.MULTILINE)
 _ROT_CUE = re.compile(r"\brot[- ]?13\b|\bcaesar\b")
 _REVERSE_CUE = re.compile(r"\bbackwards?\b|\breversed?\b|\bright to left\b")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -49,6 +50,7 @@ class PromptText:
     text: str
     views: tuple[tuple[str, str], ...]
     truncated: bool
+    segments: tuple[str, ...] = ()
 
     def joined(self) -> str:
         """The normalised text followed by every decoded view, each behind its own marker."""
@@ -156,9 +158,28 @@ def _decoded_views(raw: str, norm: str) -> list[tuple[str, str]]:
     return views[:MAX_VIEWS]
 
 
-def prompt_text(prompt: object) -> PromptText:
-    """Flatten, normalise and decode a prompt; never raises on any input."""
+def segments(raw: str, limit: int) -> list[str]:
+    """Lines, sentences and quoted strings of a raw text, normalised, of three words or more: scored one by one
+    so that an attack hidden inside code, JSON or a longer honest prompt is not diluted by its cover."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for piece in _SEGMENT.split(raw):
+        norm = normalise(piece)
+        if norm.count(" ") >= 2 and norm not in seen:
+            seen.add(norm)
+            out.append(norm)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def prompt_text(prompt: object, max_segments: int = 0) -> PromptText:
+    """Flatten, normalise and decode a prompt (and cut it into up to `max_segments` segments); never raises."""
     raw, truncated = flatten(prompt)
     norm = normalise(raw)
     views = tuple((kind, normalise(view[:MAX_CHARS])) for kind, view in _decoded_views(raw, norm))
-    return PromptText(text=norm, views=views, truncated=truncated)
+    segs: list[str] = []
+    if max_segments:
+        segs = [seg for seg in segments(raw, max_segments) if seg != norm]
+        segs += [view for _, view in views if view != norm][: max(0, max_segments - len(segs))]
+    return PromptText(text=norm, views=views, truncated=truncated, segments=tuple(segs))
