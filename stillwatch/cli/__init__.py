@@ -22,9 +22,9 @@ app = typer.Typer(
 
 def _register_groups() -> None:
     # Each module adds its own commands; imports stay light so `--help` is quick.
-    from stillwatch.cli import accounts, core, distill, elicit, forensics, harvest, serve
+    from stillwatch.cli import accounts, core, detect, distill, elicit, forensics, harvest, serve
 
-    for module in (core, harvest, distill, serve, accounts, forensics, elicit):
+    for module in (core, harvest, distill, serve, accounts, forensics, elicit, detect):
         module.register(app)
 
 
