@@ -11,7 +11,10 @@ import pytest
 from gateway_helpers import ServerThread
 from stillwatch.guard.accounts import AccountStore, BadAccountName
 from stillwatch.guard.db import make_engine, upgrade
+from stillwatch.guard.audit import query as audit_query
 from stillwatch.guard.settings import GuardSettings
+
+ADMIN = "admin-key-for-the-limits-test"
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +30,9 @@ def gw(untrained_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
                                       'requests = "2/minute"\n')
     from stillwatch.guard.app import create_app
 
-    settings = GuardSettings(teacher=untrained_tiny, db_url=db, quotas_file=root / "quotas.toml")
+    settings = GuardSettings(teacher=untrained_tiny, db_url=db, quotas_file=root / "quotas.toml", admin_key=ADMIN)
     with ServerThread(create_app(settings)) as server:
-        yield {"base": server.url, "keys": keys, "store": store}
+        yield {"base": server.url, "keys": keys, "store": store, "engine": engine}
     engine.dispose()
 
 
@@ -70,3 +73,20 @@ def test_a_blocked_account_is_throttled_before_it_is_refused(gw) -> None:
     codes = [httpx.get(gw["base"] + "/v1/models", headers={"Authorization": f"Bearer {gw['keys']['blocked']}"},
                         timeout=30).status_code for _ in range(4)]
     assert 403 in codes and codes[-1] == 429
+
+
+def test_admin_actions_are_audited_and_wrong_admin_keys_limited(gw, caplog: pytest.LogCaptureFixture) -> None:
+    base = gw["base"]
+    r = httpx.post(base + "/admin/accounts", json={"name": "carol"}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 201
+    r = httpx.post(base + "/admin/accounts/carol/block", json={"reason": "test"},
+                   headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 200
+    codes = [httpx.post(base + "/admin/accounts/carol/unblock", headers={"Authorization": "Bearer guess"}).status_code
+             for _ in range(12)]
+    assert codes[0] == 401 and codes[-1] == 429
+    assert "wrong admin key" in caplog.text
+    trail = [(r["endpoint"], r["status"], r["decision"]) for r in audit_query(gw["engine"], limit=50)]
+    assert ("/admin/accounts/carol/block", 200, "admin") in trail and ("/admin/accounts", 201, "admin") in trail
+    assert ("/admin/accounts/carol/unblock", 401, "admin") in trail
+    assert gw["store"].get_account("carol")["blocked"]

@@ -3,11 +3,14 @@
 It takes its own key (`Authorization: Bearer <admin key>`, from `STILLWATCH_ADMIN_KEY`), compared in constant
 time. With no admin key configured the whole admin API answers 403: it is off, not open. Every error leaves
 in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, whatever handlers the app installs.
+Every change made through it (and every refused attempt at one) is a record in the audit log, and failed
+admin-key attempts are logged and limited per client address.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from datetime import datetime, timezone
 from typing import Any, Callable, Coroutine
 
@@ -19,7 +22,11 @@ from starlette.responses import JSONResponse
 
 from stillwatch.errors import StillwatchError
 from stillwatch.guard.accounts import AccountExists, AccountStore, BadAccountName, UnknownAccount, UnknownKey
-from stillwatch.guard.audit import AuditLog
+from stillwatch.guard.audit import AuditEntry, AuditLog
+
+log = logging.getLogger("stillwatch.guard")
+# Wrong admin keys allowed per client address before 429: enough for a typo, too few to guess.
+ADMIN_FAILURES = "10/minute"
 
 
 class AdminError(Exception):
@@ -94,22 +101,58 @@ def _listing(data: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+def _audited(audit: AuditLog) -> type[APIRoute]:
+    """A route class that records every admin change (POST, DELETE), refused or not, in the audit log."""
+
+    class AuditedRoute(_AdminRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def audited(request: Request) -> Response:
+                response = await handler(request)
+                # The app's lifespan starts the audit writer; a router mounted without one (tests) has none.
+                if request.method not in ("GET", "HEAD", "OPTIONS") and audit.running:
+                    entry = AuditEntry(endpoint=request.url.path[:100], params={"method": request.method},
+                                       status=response.status_code, decision="admin",
+                                       error_code="admin" if response.status_code < 400 else "admin_refused")
+                    try:
+                        await audit.record(entry)
+                    except Exception as exc:  # noqa: BLE001 - the change is made; say the trail missed it
+                        log.error("audit write of an admin action failed: %s", type(exc).__name__)
+                return response
+
+            return audited
+
+    return AuditedRoute
+
+
 def admin_router(store: AccountStore, audit: AuditLog, settings: Any) -> APIRouter:
     """The /admin router over `store` and `audit`; disabled (403) unless `settings.admin_key` is set."""
+    from limits import parse
+    from limits.storage import MemoryStorage
+    from limits.strategies import MovingWindowRateLimiter
+
     secret = getattr(settings, "admin_key", None)
     admin_key = (secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret) or None
+    failures, failure_limit = MovingWindowRateLimiter(MemoryStorage()), parse(ADMIN_FAILURES)
 
     def require_admin(request: Request) -> None:
         if admin_key is None:
             raise AdminError(403, "The admin API is disabled: set STILLWATCH_ADMIN_KEY to enable it.",
                              type="permission_error", code="admin_disabled")
+        client = request.client.host if request.client else "unknown"
+        if not failures.test(failure_limit, "admin", client):
+            raise AdminError(429, "Too many wrong admin keys from this address; retry in a minute.",
+                             type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "60"})
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"),
                                                                   admin_key.encode("utf-8")):
+            failures.hit(failure_limit, "admin", client)
+            log.warning("wrong admin key from %s on %s %s", client, request.method, request.url.path[:100])
             raise AdminError(401, "Incorrect or missing admin key.", type="invalid_request_error",
                              code="invalid_admin_key", headers={"WWW-Authenticate": "Bearer"})
 
-    router = APIRouter(route_class=_AdminRoute, dependencies=[Depends(require_admin)], tags=["admin"])
+    router = APIRouter(route_class=_audited(audit), dependencies=[Depends(require_admin)], tags=["admin"])
 
     @router.get("/accounts")
     def list_accounts() -> dict[str, Any]:

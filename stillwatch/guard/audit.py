@@ -141,6 +141,11 @@ class AuditLog:
         self._executor.shutdown(wait=True)  # type: ignore[union-attr]
         self._writer = self._purger = self._queue = self._executor = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the writer has been started (by the app's lifespan, or a first record)."""
+        return self._writer is not None
+
     async def __aenter__(self) -> AuditLog:
         await self.start()
         return self
