@@ -174,3 +174,28 @@ def test_postgres_down_gives_503_then_recovers(tmp_path: Path) -> None:
                     assert httpx.get(gw.url + "/ready").status_code == 200
         finally:
             proxy.stop()
+
+
+def test_postgres_get_or_create_is_race_free_and_nul_is_no_500() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stillwatch.guard.accounts import UnknownAccount, UnknownKey
+    from stillwatch.guard.audit import query as audit_query
+
+    with fresh_postgres() as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        store = AccountStore(engine)
+        with ThreadPoolExecutor(8) as pool:  # eight replicas making the first key of one new account at once
+            keys = list(pool.map(lambda _: store.create_key("newco"), range(8)))
+        assert len({k for k, _ in keys}) == 8 and [a["name"] for a in store.list_accounts()] == ["newco"]
+        assert store.block("newco", "nul\x00 in the reason")["blocked"]
+        with pytest.raises(UnknownAccount):
+            store.get_account("new\x00co")
+        with pytest.raises(UnknownAccount):
+            store.unblock("new\x00co")
+        with pytest.raises(UnknownKey):
+            store.revoke_key("0123\x00")
+        with pytest.raises(UnknownAccount):
+            audit_query(engine, account="new\x00co")
+        engine.dispose()

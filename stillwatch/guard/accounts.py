@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from stillwatch.errors import StillwatchError
@@ -123,6 +125,8 @@ class AccountStore:
                   .where(ApiKey.account_id == Account.id, ApiKey.revoked_at.is_(None)).scalar_subquery())
         stmt = select(Account, active.label("active_keys")).order_by(Account.id)
         if name is not None:
+            if not _NAME_RE.match(name):  # no such account can exist (and PostgreSQL refuses NUL in text)
+                return []
             stmt = stmt.where(Account.name == name)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
@@ -132,6 +136,7 @@ class AccountStore:
 
     def block(self, name: str, reason: str) -> dict[str, Any]:
         """Block an account: all its keys are refused (403) from the next request on, on every replica."""
+        reason = reason.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")  # PostgreSQL text
         self._set(name, blocked=True, block_reason=reason, blocked_at=utcnow())
         return self.get_account(name)
 
@@ -146,6 +151,8 @@ class AccountStore:
         return self.get_account(name)
 
     def _set(self, name: str, **values: Any) -> None:
+        if not _NAME_RE.match(name):
+            raise UnknownAccount(f"no account named {name[:200]!r}")
         with write_transaction(self.engine) as conn:
             if conn.execute(update(Account).where(Account.name == name).values(**values)).rowcount != 1:
                 raise UnknownAccount(f"no account named {name[:200]!r}")
@@ -155,17 +162,22 @@ class AccountStore:
         """A new key for `account_name` (created if missing): (key_id, raw_key). The raw key is never stored."""
         _check_name(account_name)
         key_id, raw = new_key()
-        with write_transaction(self.engine) as conn:  # BEGIN IMMEDIATE on SQLite: get-or-create is atomic
+        with write_transaction(self.engine) as conn:
+            # INSERT ... ON CONFLICT DO NOTHING, then read: two replicas creating the same new account at
+            # once both end with its id, where select-then-insert let one of them fail on the unique name.
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(dialect_insert(Account).values(name=account_name, blocked=False, degraded=False,
+                                                        created_at=utcnow())
+                         .on_conflict_do_nothing(index_elements=[Account.name]))
             account_id = conn.scalar(select(Account.id).where(Account.name == account_name))
-            if account_id is None:
-                account_id = conn.execute(insert(Account).values(
-                    name=account_name, blocked=False, degraded=False, created_at=utcnow())).inserted_primary_key[0]
             conn.execute(insert(ApiKey).values(id=key_id, account_id=account_id, key_hash=hash_key(raw),
                                                created_at=utcnow()))
         return key_id, raw
 
     def revoke_key(self, key_id: str) -> None:
         """Revoke one key for good (idempotent); UnknownKey if there is no such key."""
+        if not re.fullmatch(r"[0-9a-f]{12}", key_id or "", re.ASCII):
+            raise UnknownKey(f"no key with id {key_id[:40]!r}")
         with write_transaction(self.engine) as conn:
             if conn.scalar(select(ApiKey.id).where(ApiKey.id == key_id)) is None:
                 raise UnknownKey(f"no key with id {key_id[:40]!r}")

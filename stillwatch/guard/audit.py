@@ -277,6 +277,8 @@ def _select(engine: Engine, account: str | None, since: datetime | None, key_id:
     stmt = select(*AuditRecord.__table__.c, Account.name.label("account_name")).outerjoin(
         Account, Account.id == AuditRecord.account_id)
     if account is not None:
+        if "\x00" in account:  # no account has one, and PostgreSQL refuses NUL in text
+            raise UnknownAccount(f"no account named {account[:200]!r}")
         with engine.connect() as conn:
             account_id = conn.scalar(select(Account.id).where(Account.name == account))
         if account_id is None:
