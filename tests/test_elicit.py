@@ -200,3 +200,20 @@ def test_cli_text_and_bad_input(tmp_path: Path, capsys) -> None:
                       (["--file", str(tmp_path / "broken.jsonl")], "broken.jsonl:1")):
         code, _, err = _cli_in_process(capsys, *bad)
         assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (bad, err)
+
+
+def test_committed_set_is_what_the_grammars_make_and_test_is_held_out() -> None:
+    from stillwatch.detect.elicit_corpus import FAMILIES, generate, read_split
+
+    data = Path(__file__).resolve().parents[1] / "data" / "elicit"
+    made = generate(0)
+    for split in ("train", "dev", "test"):
+        assert read_split(data / f"{split}.jsonl") == json.loads(json.dumps(made[split], ensure_ascii=False)), split
+    families = {split: {r["family"] for r in made[split]} for split in made}
+    assert not families["train"] & families["test"] and not families["dev"] & families["test"]
+    assert not families["train"] & families["dev"]
+    test_only_wrappers = {r["wrapper"] for r in made["test"]} - {r["wrapper"] for r in made["train"]}
+    assert {"rot13", "hex", "homoglyph", "reversed"} <= test_only_wrappers
+    assert all(f.split in ("train", "dev", "test") for f in FAMILIES)
+    kinds = {r["kind"] for r in made["test"]}
+    assert kinds == {"attack", "hard_negative", "benign"}

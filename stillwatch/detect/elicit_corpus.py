@@ -132,6 +132,7 @@ class Family:
 
 
 def F(name: str, split: str, labels: tuple[str, ...], *templates: str, lang: str = "en", hard: bool = False) -> Family:
+    """A family, written compactly."""
     return Family(name, split, labels, templates, lang, hard)
 
 
