@@ -12,13 +12,27 @@ from stillwatch.errors import StillwatchError
 HONEST = {"chat", "app", "eval", "researcher"}
 
 
+CAMPAIGN = 8
+
+
 @pytest.fixture(scope="module")
-def verdicts():
-    pop = Population(honest={"chat": 15, "app": 2, "eval": 1, "researcher": 1},
-                     attackers={"bulk": 1, "camouflage": 1, "diversity": 1, "elicit": 1}, campaign_accounts=12)
+def scorer():
+    """The packaged elicitation classifier, memoised: both runs of the same prompts pay for it once."""
+    from functools import lru_cache
+
+    from stillwatch.detect.signals.elicitation import classifier_scorer
+
+    return lru_cache(maxsize=None)(classifier_scorer())
+
+
+@pytest.fixture(scope="module")
+def verdicts(scorer):
+    # Small on purpose (about 1,600 events): every profile kind that matters, in seconds on a busy 2-core box.
+    pop = Population(honest={"chat": 10, "app": 1, "eval": 1, "researcher": 1},
+                     attackers={"bulk": 1, "diversity": 1, "elicit": 1}, campaign_accounts=CAMPAIGN)
     events, truth, created = population_events(pop, seed=0, duration=3600)
-    events = [e for e in events if e.account != "attacker-bulk-0" or e.time < 900]  # a bulk harvester caught early
-    return detect(events, created=created), truth, events, created
+    events = [e for e in events if e.account != "attacker-bulk-0" or e.time < 600]  # a bulk harvester caught early
+    return detect(events, created=created, elicit_scorer=scorer), truth, events, created
 
 
 def test_attackers_are_stopped_and_honest_users_allowed(verdicts):
@@ -36,14 +50,14 @@ def test_attackers_are_stopped_and_honest_users_allowed(verdicts):
 def test_the_campaign_is_one_cluster_and_its_members_carry_its_risk(verdicts):
     results, truth, _, _ = verdicts
     members = [a for a in results if truth[a.account] == "campaign"]
-    assert len({a.cluster for a in members}) == 1 and members[0].cluster_size >= 12
+    assert len({a.cluster for a in members}) == 1 and members[0].cluster_size >= CAMPAIGN
     assert all(a.reasons[0]["signal"].startswith("campaign.") for a in members)
-    assert members[0].signals["campaign"]["signals"]["linkage"]["co_created_share"] > 0.9
+    assert members[0].signals["campaign"]["signals"]["linkage"]["co_created_share"] > 0.8  # the bulk harvester may join it
 
 
-def test_online_feeding_gives_the_offline_verdicts(verdicts):
+def test_online_feeding_gives_the_offline_verdicts(verdicts, scorer):
     results, _, events, created = verdicts
-    online = Detector()
+    online = Detector(elicit_scorer=scorer)
     for name, when in created.items():
         online.created(name, when)
     for e in events:  # one at a time, as the gateway's worker would
@@ -56,9 +70,9 @@ def test_memory_per_account_is_bounded():
     det = Detector(DetectorConfig(window=64, use_elicitation=False))
     from stillwatch.detect.traffic import plan, to_events
 
-    det.observe_many(to_events("big", plan("bulk", 0, 3600)))
+    det.observe_many(to_events("big", plan("bulk", 0, 3600, scale=0.25)))
     state = det.accounts["big"]
-    assert len(state.events) == 64 and len(state.vectors) <= 64 and state.requests > 1000
+    assert len(state.events) == 64 and len(state.vectors) <= 64 and state.requests > 4 * 64
     assert len(state.coverage.distinct.values) <= state.coverage.distinct.k
 
 

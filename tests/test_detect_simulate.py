@@ -25,7 +25,7 @@ def gateway_db(tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('sim') / 'audit.db'}"
     settings = GuardSettings(db_url=db, admin_key=ADMIN)
     with ServerThread(create_app(settings, backend=StubBackend())) as server:
-        config = SimulationConfig(endpoint=server.base_url, seed=0, duration=8.0, concurrency=8,
+        config = SimulationConfig(endpoint=server.base_url, seed=0, duration=8.0, concurrency=8, max_requests=500,
                                   honest={"chat": 6, "app": 1}, attackers={"bulk": 1}, campaign_accounts=0)
         outcome = simulate(config, ADMIN)
     return db, outcome
@@ -49,7 +49,7 @@ def test_simulator_is_seeded_and_gives_every_client_its_own_address():
 
 def test_traffic_reaches_the_gateway_and_its_audit_log(gateway_db):
     _, outcome = gateway_db
-    assert outcome["totals"]["ok"] > 100 and outcome["totals"]["errors"] == 0
+    assert outcome["totals"]["ok"] > 100 and outcome["totals"]["sent"] <= 500 and outcome["totals"]["errors"] == 0
     assert {a["profile"] for a in outcome["accounts"]} == {"chat", "app", "bulk"}
 
 
@@ -60,7 +60,7 @@ def test_detect_over_the_audit_log_stops_the_harvester_not_the_app(gateway_db, t
     report = detect_database(db)
     by = {a["account"]: a for a in report["accounts"]}
     assert by["sim-bulk-0"]["action"] in ("hide_reasoning", "degrade", "block"), by["sim-bulk-0"]["reasons"]
-    assert by["sim-app-0"]["action"] == "allow"
+    assert by["sim-app-0"]["action"] == "allow" and by["sim-app-0"]["requests"] >= 20  # judged, not too few
     assert all(a["action"] == "allow" for name, a in by.items() if "-chat-" in name)
 
     app = typer.Typer()
