@@ -137,10 +137,11 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _local_teacher(model_dir: Path, key_file: Optional[Path]):
-    """A LocalTeacher, watermarked when a key is configured (issue 4's contract)."""
-    from stillwatch.models import read_card
+    """A LocalTeacher, watermarked when a key is configured, and what the store records of it."""
+    from stillwatch.models import read_card, resolve_model_dir
     from stillwatch.teachers.local import LocalTeacher
 
+    model_dir = resolve_model_dir(model_dir)  # the store names the real directory, which `prove` reads later
     info: dict = {"model_dir": str(model_dir.resolve())}
     card = read_card(model_dir)
     if card:
