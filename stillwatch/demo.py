@@ -383,7 +383,7 @@ class _Demo:
         from stillwatch.evaluate import compare, evaluate
         from stillwatch.teachers.local import LocalTeacher
 
-        self.console.rule(f"[bold]4. The distiller trains a {self.student_preset} student (sft on the harvest)")
+        self.console.rule(f"[bold]4. The distiller trains a student ({self.student_preset} preset, sft on the harvest)")
         self.student_dir = self.run_dir / "student"
         began = time.perf_counter()
         card = self._distill(self.store_path, self.student_dir)
@@ -412,7 +412,7 @@ class _Demo:
                                           "retention": {k: v["retention"] for k, v in cmp["tasks"].items()}}
         lost = [k for k, v in learnt.items() if v < 0.5]
         if lost:
-            self.console.print(f"[yellow]not kept at this size: {', '.join(lost)}[/yellow] (the {self.student_preset} "
+            self.console.print(f"[yellow]not kept at this size: {', '.join(lost)}[/yellow] (a {self.student_preset}-preset "
                                f"student does not learn it from {self.sizes.reasoning_prompts} traces per task in "
                                f"{self.sizes.student_steps} steps; bench/retention.py gives it 1,000 per task and "
                                f"12,000 steps)")
