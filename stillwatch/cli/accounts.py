@@ -151,7 +151,12 @@ def accounts_usage(name: str = typer.Argument(..., help="Account name."),
 
 
 # --- audit --------------------------------------------------------------------------------------------
-def audit(account: Optional[str] = typer.Option(None, "--account", help="Only this account."),
+audit_app = typer.Typer(help="The audit trail; `audit verify` checks its hash chain.", invoke_without_command=True)
+
+
+@audit_app.callback()
+def audit(ctx: typer.Context,
+          account: Optional[str] = typer.Option(None, "--account", help="Only this account."),
           limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="Newest N records."),
           since: Optional[datetime] = typer.Option(None, "--since", help="ISO time (UTC if no zone)."),
           as_json: bool = typer.Option(False, "--json", help="Full records, one JSON object per line."),
@@ -159,6 +164,9 @@ def audit(account: Optional[str] = typer.Option(None, "--account", help="Only th
           db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """The audit trail, newest first: who asked what, when, and what the guard decided."""
     from stillwatch.guard.audit import AuditLog
+
+    if ctx.invoked_subcommand is not None:
+        return
     from stillwatch.guard.settings import GuardSettings
 
     log = AuditLog(_engine(db, write=purge), GuardSettings())
@@ -177,6 +185,19 @@ def audit(account: Optional[str] = typer.Option(None, "--account", help="Only th
                 "audit", False)
 
 
+@audit_app.command("verify")
+def audit_verify(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Recompute the audit log's hash chain; name the first broken record (exit 1) or say it holds."""
+    from stillwatch.guard.audit import verify_chain
+
+    report = verify_chain(_engine(db, write=False))
+    if not report.ok:
+        print(f"audit chain broken at record {report.broken_id}: {report.problem}", file=sys.stderr)
+        raise typer.Exit(1)
+    before = f" ({report.unchained} older records predate the chain)" if report.unchained else ""
+    print(f"audit chain holds: {report.checked} records{before}")
+
+
 def _utc(value: Optional[datetime]) -> Optional[datetime]:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
@@ -187,4 +208,4 @@ def register(app: typer.Typer) -> None:
     """Add `keys`, `accounts` and `audit` to the app."""
     app.add_typer(keys_app, name="keys")
     app.add_typer(accounts_app, name="accounts")
-    app.command("audit")(audit)
+    app.add_typer(audit_app, name="audit")

@@ -4,6 +4,15 @@
 SQLite), so the gateway can send a response's last byte knowing its record survives a SIGKILL. One writer
 task drains the queue and writes everything waiting in one transaction: under load, one commit carries many
 records, so durability costs one fsync per batch rather than one per request.
+
+The log is tamper-evident: each record stores `prev_hash`, the `record_hash` of the record before it, and its
+own `record_hash`, SHA-256 over its canonical fields (`canonical`) and `prev_hash`. The writer computes them
+inside the batch's one transaction. Texts are covered through their SHA-256 columns, since retention blanks
+the texts by design; `verify_chain` also checks any text still present against its hash. There is one chain
+per database, not one per replica: on PostgreSQL the writer takes a transaction-level advisory lock before it
+reads the chain's tail, so replicas append one batch at a time (SQLite's BEGIN IMMEDIATE already does this).
+A per-replica chain would need no lock, but then deleting a replica's whole chain, or a record at the end of
+one, leaves nothing to notice it; one chain costs one short lock per batch, not per request.
 """
 
 from __future__ import annotations
@@ -14,10 +23,10 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, text, update
 
 from stillwatch.guard.accounts import UnknownAccount
 from stillwatch.guard.db import write_transaction
@@ -26,6 +35,13 @@ from stillwatch.guard.tables import Account, AuditRecord, utcnow
 log = logging.getLogger(__name__)
 _STOP = object()
 PURGE_EVERY_S = 3600.0
+GENESIS = "0" * 64  # the prev_hash of the first chained record
+_CHAIN_LOCK = 0x5717_A0D1  # pg_advisory_xact_lock key of the chain's tail
+# The fields a record's hash covers, in order; the texts through their hashes (retention blanks texts).
+CHAINED_FIELDS = ("created_at", "request_id", "account_id", "key_id", "endpoint", "params", "prompt_sha256",
+                  "completion_sha256", "prompt_tokens", "completion_tokens", "latency_ms", "status", "decision",
+                  "error_code", "client_addr", "user_agent")
+USER_AGENT_CHARS = 200
 
 
 def sha256_text(text: str | None) -> str | None:
@@ -40,6 +56,25 @@ def _storable(text: str | None) -> str | None:
     if text is None:
         return None
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def canonical(row: Any, prev_hash: str) -> bytes:
+    """The bytes a record's hash is taken over: its chained fields and `prev_hash`, as canonical JSON."""
+    values: list[Any] = []
+    for name in CHAINED_FIELDS:
+        value = row[name]
+        if name == "created_at":
+            value = value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        elif name == "latency_ms":
+            value = repr(float(value))  # a float's shortest repr survives every database's round trip
+        values.append(value)
+    return json.dumps([prev_hash, *values], sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      default=str).encode("ascii")
+
+
+def chain_hash(row: Any, prev_hash: str) -> str:
+    """SHA-256 (hex) of `canonical(row, prev_hash)`: the record_hash the chain stores."""
+    return hashlib.sha256(canonical(row, prev_hash)).hexdigest()
 
 
 def _as_text(value: Any) -> str | None:
@@ -65,6 +100,8 @@ class AuditEntry:
     decision: str = "allow"
     error_code: str | None = None
     request_id: str | None = None
+    client_addr: str | None = None
+    user_agent: str | None = None
     time: datetime = field(default_factory=utcnow)
     # Rejected requests keep only this many characters of their prompt (the hash covers all of it): one key
     # sending megabyte prompts that are refused must not fill the disk.
@@ -95,6 +132,8 @@ class AuditEntry:
             "prompt_tokens": int(self.prompt_tokens), "completion_tokens": int(self.completion_tokens),
             "latency_ms": float(self.latency_ms), "status": int(self.status), "decision": self.decision[:32],
             "error_code": self.error_code[:64] if self.error_code else None,
+            "client_addr": _storable(self.client_addr[:64]) if self.client_addr else None,
+            "user_agent": _storable(self.user_agent[:USER_AGENT_CHARS]) if self.user_agent else None,
         }
 
 
@@ -211,6 +250,10 @@ class AuditLog:
         """Insert `rows` in one transaction; if that fails, row by row, so one bad row fails only itself."""
         try:
             with write_transaction(self.engine) as conn:
+                prev = chain_tail(conn)
+                for row in rows:
+                    row["prev_hash"] = prev
+                    row["record_hash"] = prev = chain_hash(row, prev)
                 conn.execute(insert(AuditRecord), rows)
             self.batches += 1
             self.records += len(rows)
@@ -269,7 +312,8 @@ def _record_dict(row: Any) -> dict[str, Any]:
         "completion_sha256": r["completion_sha256"], "prompt_tokens": r["prompt_tokens"],
         "completion_tokens": r["completion_tokens"], "latency_ms": r["latency_ms"],
         "status": r["status"], "decision": r["decision"], "error_code": r["error_code"],
-        "purged": r["purged_at"] is not None,
+        "purged": r["purged_at"] is not None, "client_addr": r["client_addr"], "user_agent": r["user_agent"],
+        "prev_hash": r["prev_hash"], "record_hash": r["record_hash"],
     }
 
 
@@ -314,3 +358,73 @@ def iter_served(engine: Engine, account: str | None = None, since: datetime | No
         for row in rows:
             yield _record_dict(row)
         last = rows[-1]._mapping["id"]
+
+
+def chain_tail(conn: Connection) -> str:
+    """The newest record_hash, read under the chain's lock (held until `conn`'s transaction ends)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
+    tail = conn.scalar(select(AuditRecord.record_hash).where(AuditRecord.record_hash.is_not(None))
+                       .order_by(AuditRecord.id.desc()).limit(1))
+    return tail or GENESIS
+
+
+@dataclass
+class ChainReport:
+    """What `verify_chain` found: records checked, records from before the chain, and the first break."""
+
+    checked: int = 0
+    unchained: int = 0
+    broken_id: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the whole chain holds."""
+        return self.broken_id is None
+
+
+def verify_chain(engine: Engine, chunk: int = 2000) -> ChainReport:
+    """Walk every audit record oldest first, recompute each hash, and stop at the first that does not hold."""
+    report = ChainReport()
+    expected: str | None = None  # None until the first chained record
+    last = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(select(AuditRecord.__table__).where(AuditRecord.id > last)
+                                .order_by(AuditRecord.id).limit(chunk)).all()
+        if not rows:
+            return report
+        for row in rows:
+            r = row._mapping
+            last = r["id"]
+            problem = _check_record(r, expected)
+            if problem == "unchained":
+                report.unchained += 1
+                continue
+            if problem is not None:
+                report.broken_id, report.problem = r["id"], problem
+                return report
+            report.checked += 1
+            expected = r["record_hash"]
+
+
+def _check_record(r: Any, expected: str | None) -> str | None:
+    if r["record_hash"] is None:
+        # Records from before the chain existed come first; a record without a hash after them was tampered.
+        return "unchained" if expected is None else "has no hash (the chain was cut here)"
+    if expected is not None and r["prev_hash"] != expected:
+        return "does not follow the record before it (a record was removed, inserted or reordered)"
+    if expected is None and r["prev_hash"] != GENESIS:
+        return "starts the chain but does not follow the genesis hash (records before it were removed)"
+    if chain_hash(r, r["prev_hash"]) != r["record_hash"]:
+        return "its fields no longer match its hash (the record was edited)"
+    # Texts: a refused request keeps a cut prompt, and hostile text was made storable, so only clean ones.
+    prompt = r["prompt"]
+    if (prompt is not None and r["status"] < 400 and "\ufffd" not in prompt
+            and sha256_text(prompt) != r["prompt_sha256"]):
+        return "its prompt text no longer matches its prompt_sha256 (the text was edited)"
+    completion = r["completion"]
+    if completion is not None and "\ufffd" not in completion and sha256_text(completion) != r["completion_sha256"]:
+        return "its completion text no longer matches its completion_sha256 (the text was edited)"
+    return None

@@ -117,9 +117,35 @@ class AuditRecord(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set when retention blanked the texts (the hashes and counts stay).
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The client as the gateway saw it (X-Forwarded-For only from a trusted proxy) and its User-Agent.
+    client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The hash chain (audit.py): this record's hash covers its canonical fields and the previous record's hash.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    record_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_audit_account_time", "account_id", "created_at"),
         Index("ix_audit_time", "created_at"),
         Index("ix_audit_prompt_sha256", "prompt_sha256"),
+        Index("ix_audit_record_hash", "record_hash"),
     )
+
+
+class AccountAction(Base):
+    """An action taken on an account, automatic or by a person, with the evidence it rests on."""
+
+    __tablename__ = "account_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    account_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)  # what was applied
+    requested: Mapped[str] = mapped_column(String(32), nullable=False)  # what the policy asked for
+    source: Mapped[str] = mapped_column(String(32), nullable=False)  # "detector" or "operator"
+    risk: Mapped[float | None] = mapped_column(Float, nullable=True)
+    policy_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    evidence: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+
+    __table_args__ = (Index("ix_account_actions_account", "account_id", "created_at"),)
