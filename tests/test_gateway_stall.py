@@ -23,6 +23,9 @@ from stillwatch.guard.settings import GuardSettings
 LOOP_BUSY_BOUND_S = 0.25
 # Wall-clock bounds are generous on purpose: these machines are shared. Before the fix /health waited 13 s.
 HEALTH_BOUND_S = 5.0
+# The honest client shares the model thread with the attack's echo scoring, so on a starved machine its
+# answers can take many seconds without the loop ever stalling: this only catches a gateway that hangs.
+HONEST_BOUND_S = 60.0
 ATTACKERS = 12
 
 
@@ -149,7 +152,7 @@ def test_stall_attack_leaves_health_and_honest_clients_responsive(gw) -> None:
           f" honest chat: median {served[len(served) // 2] * 1000:.0f} ms, max {served[-1] * 1000:.0f} ms;"
           f" {len(statuses)} attack requests")
     assert busy < LOOP_BUSY_BOUND_S
-    assert health[-1] < HEALTH_BOUND_S and served[-1] < HEALTH_BOUND_S * 2
+    assert health[-1] < HEALTH_BOUND_S and served[-1] < HONEST_BOUND_S
 
 
 def test_rejected_prompts_are_stored_truncated_with_the_hash_of_the_whole(gw) -> None:
