@@ -41,8 +41,11 @@ PRESETS: dict[str, Preset] = {
     # Their embeddings are untied: tied input/output embeddings kept the story's topic from being copied.
     "default": Preset(hidden=96, layers=3, heads=4, intermediate=384, positions="learned"),
     "tiny": Preset(hidden=64, layers=2, heads=4, intermediate=256, positions="learned"),
-    # Students, sized against the default teacher (about 1/10 of its parameters).
-    "student": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True),
+    # Students, sized against the default teacher (at most 1/10 of its parameters). They learn absolute
+    # positions too, for the same reason; tied embeddings and 128 positions keep the budget.
+    "student": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True, max_positions=128,
+                      positions="learned"),
+    "student-rotary": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True),
     "student-tiny": Preset(hidden=32, layers=1, heads=2, intermediate=96, tie_embeddings=True),
 }
 

@@ -48,7 +48,7 @@ RECIPES: dict[str, Recipe] = {
                       TASK_NAMES, reasoning_target=0.98, open_target=0.99),
     # For tests and quick demos: about a minute on one core. Too small to learn all four tasks at once in that
     # time, so by default it learns addition and the story grammar, and is judged on those.
-    "tiny": Recipe(TrainConfig(steps=800, lr=4e-3, warmup=50, checkpoint_every=200), 32,
+    "tiny": Recipe(TrainConfig(steps=800, lr=4e-3, warmup=50, checkpoint_every=50), 32,
                    ("add", "story"), reasoning_target=0.9, open_target=0.9),
 }
 
