@@ -2,6 +2,7 @@
 
     python bench/teacher.py                    # 5 seeds x {1, 2} threads, plus the answers-only baseline
     python bench/teacher.py --seeds 0 1 --threads 2   # a part; parts merge into the same results file
+    python bench/teacher.py --student-only     # only the answers-only baseline, beside the recorded runs
     python bench/teacher.py --smoke            # tiny sizes, to keep the script working in CI
 
 Every run is a fresh `stillwatch teach` in its own process (its own torch thread count), so the benchmark
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="one-thread runs at a time")
     parser.add_argument("--eval-n", type=int, default=500, help="held-out prompts per task")
     parser.add_argument("--no-student", action="store_true", help="skip the answers-only baseline")
+    parser.add_argument("--student-only", action="store_true", help="keep the recorded teacher runs and train "
+                        "only the answers-only baseline (after a change to the student preset)")
     args = parser.parse_args()
     preset, student_preset = ("tiny", "student-tiny") if args.smoke else ("default", "student")
     steps = 30 if args.smoke else None
@@ -109,7 +112,12 @@ def main() -> None:
     kept = [r for r in previous.get("runs", []) if previous.get("recipe") == _recipe(preset)
             and (r["seed"], r["threads"]) not in {(s, t) for s in args.seeds for t in args.threads}]
 
-    runs = kept + train_matrix(args.seeds, args.threads, preset, eval_n, steps, args.jobs)
+    if args.student_only:
+        kept = [r for r in previous.get("runs", []) if previous.get("recipe") == _recipe(preset)]
+        if not kept:
+            raise SystemExit("--student-only needs recorded teacher runs of this recipe")
+    new = [] if args.student_only else train_matrix(args.seeds, args.threads, preset, eval_n, steps, args.jobs)
+    runs = kept + new
     runs.sort(key=lambda r: (r["threads"], r["seed"]))
     student = previous.get("answers_only_student") if previous.get("recipe") == _recipe(preset) else None
     if not args.no_student:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
@@ -127,7 +128,7 @@ def load_model(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
         tokenizer = load_tokenizer(path)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError, SafetensorError) as exc:
         raise ModelDirError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
     model.eval()
     return model, tokenizer
