@@ -146,7 +146,7 @@ class AccountStore:
         return self.get_account(name)
 
     def set_degraded(self, name: str, on: bool) -> dict[str, Any]:
-        """Switch antidistillation sampling on or off for one account (issue 4's "degrade" action)."""
+        """Switch antidistillation sampling on or off for one account (the "degrade" action)."""
         self._set(name, degraded=bool(on))
         return self.get_account(name)
 

@@ -1,4 +1,4 @@
-"""Forensics hooks: the logits processors the local backend adds to generation (issue 4's modules).
+"""Forensics hooks: the logits processors the local backend adds to generation.
 
 Kept behind this one seam so that the gateway runs before `stillwatch.forensics` exists, and so that the
 backend never needs to know how a watermark or antidistillation sampling works.
