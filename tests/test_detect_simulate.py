@@ -23,7 +23,7 @@ def gateway_db(tmp_path_factory):
     from stillwatch.guard.settings import GuardSettings
 
     db = f"sqlite:///{tmp_path_factory.mktemp('sim') / 'audit.db'}"
-    settings = GuardSettings(db_url=db, admin_key=ADMIN)
+    settings = GuardSettings(db_url=db, admin_key=ADMIN, trusted_proxies=["127.0.0.1"])  # the simulator's X-Forwarded-For
     with ServerThread(create_app(settings, backend=StubBackend())) as server:
         config = SimulationConfig(endpoint=server.base_url, seed=0, duration=8.0, concurrency=8, max_requests=500,
                                   honest={"chat": 6, "app": 1}, attackers={"bulk": 1}, campaign_accounts=0)

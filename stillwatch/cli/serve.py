@@ -88,8 +88,9 @@ def serve(
     sock = _bind(settings.host, settings.port)
     try:
         app = create_app(settings, backend=make_backend(settings))
+        # proxy_headers off: the gateway itself believes X-Forwarded-For only from `trusted_proxies`.
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log,
-                                               timeout_graceful_shutdown=10))
+                                               timeout_graceful_shutdown=10, proxy_headers=False))
         what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {redact_url(settings.upstream or '')}"
         print(f"stillwatch: serving {what} as '{settings.served_model_name}' on "
               f"http://{_url_host(settings.host)}:{sock.getsockname()[1]}/v1 "

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from stillwatch.guard.accounts import AccountStore, InvalidKey, Principal
 from stillwatch.guard.audit import AuditEntry, AuditLog
+from stillwatch.guard.clients import client_address, user_agent
 from stillwatch.guard.errors import APIError, account_blocked, invalid_key, is_database_outage, over_quota, unavailable
 from stillwatch.guard.metrics import Metrics
 from stillwatch.guard.quotas import QuotaExceeded, Quotas
@@ -95,6 +96,8 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     prompt: Any = None
     rejected_prompt_chars: int = 2000
+    client_addr: str | None = None
+    user_agent: str | None = None
 
     def entry(self, status: int, decision: str, error_code: str | None = None, completion: Any = None,
               prompt_tokens: int = 0, completion_tokens: int = 0) -> AuditEntry:
@@ -104,7 +107,8 @@ class Call:
                           endpoint=self.endpoint, params=self.params, prompt=self.prompt, completion=completion,
                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                           latency_ms=(time.perf_counter() - self.start) * 1000.0, status=status, decision=decision,
-                          error_code=error_code, request_id=self.request_id,
+                          error_code=error_code, request_id=self.request_id, client_addr=self.client_addr,
+                          user_agent=self.user_agent,
                           prompt_limit=self.rejected_prompt_chars if status >= 400 else None)
 
 
@@ -117,7 +121,11 @@ async def authorize(request: Request, creds: HTTPAuthorizationCredentials | None
     """401 for a bad key, 429 over quota, 403 for a blocked account, 503 if a store is down; else the Principal."""
     gw = gateway(request)
     call = Call(endpoint=request.url.path, start=getattr(request.state, "t0", time.perf_counter()),
-                rejected_prompt_chars=gw.settings.rejected_prompt_chars)
+                rejected_prompt_chars=gw.settings.rejected_prompt_chars,
+                client_addr=client_address(request.client.host if request.client else None,
+                                           request.headers.get("x-forwarded-for"),
+                                           tuple(gw.settings.trusted_proxies)),
+                user_agent=user_agent(request.headers.get("user-agent")))
     request.state.call = call
     if creds is None:
         gw.metrics.decisions.labels("deny").inc()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DB_URL = "sqlite:///stillwatch.db"
 
@@ -58,6 +59,20 @@ class GuardSettings(BaseSettings):
     show_block_reason: bool = True
     # Serve /openapi.json (it describes the admin API as well, so it is off by default).
     openapi_docs: bool = False
+    # Addresses or networks (comma-separated in STILLWATCH_TRUSTED_PROXIES) whose X-Forwarded-For is believed;
+    # from anyone else the header is ignored, since a client can write any address into it.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Online extraction detection: every committed audit record feeds the detector off the request path,
+    # and the policy's action is applied to accounts whose risk calls for it.
+    detection: bool = True
+    # The policy YAML (None: the built-in one shipped with stillwatch.detect).
+    policy_file: Path | None = None
+    # Seconds between assessments of the accounts that sent traffic since the last one.
+    detection_interval_s: float = Field(2.0, gt=0)
+    # Audit records waiting for the detector; beyond this the oldest waiting are dropped (and counted), never
+    # the request held up.
+    detection_queue_max: int = Field(10_000, ge=1)
 
     # Local backend batching.
     max_batch: int = 64
@@ -77,3 +92,15 @@ class GuardSettings(BaseSettings):
     # bench/forensics.py: with a competent proxy, 0.1 costs a student more than the teacher; calibrate per proxy
     antidistill_lambda: float = 0.1
     antidistill_epsilon: float = 1e-2
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> list[str]:
+        items = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value or [])
+        out = []
+        for item in filter(None, items):
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {item!r} is not an IP address or network") from None
+        return out
