@@ -81,7 +81,7 @@ class GuardSettings(BaseSettings):
     # faster with 1: batching, not intra-op parallelism, is what scales them.
     torch_threads: int | None = None
 
-    # Forensics hooks (issue 4): watermark every local completion when a key is set.
+    # Forensics hooks: watermark every local completion when a key is set.
     watermark_key: SecretStr | None = None
     watermark_gamma: float = 0.25
     watermark_delta: float = 2.0
