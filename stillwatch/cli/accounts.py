@@ -136,6 +136,32 @@ def accounts_undegrade(name: str = typer.Argument(..., help="Account name."),
     err.print(f"undegraded account {name}")
 
 
+@accounts_app.command("show")
+def accounts_show(name: str = typer.Argument(..., help="Account name."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the account, its actions and their "
+                                               "evidence as JSON."),
+                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """An account's state and its action history, each action with the evidence it rests on."""
+    from stillwatch.guard.actions import account_with_history
+
+    shown = account_with_history(_store(db, write=False), name)
+    if as_json:
+        print(json.dumps(shown, indent=1))
+        return
+    state = {k: v for k, v in shown.items() if k != "actions"}
+    _print_rows([{"field": k, "value": v} for k, v in state.items()], ["field", "value"], f"account {name}", False)
+    rows = []
+    for a in shown["actions"]:
+        ev = a["evidence"] or {}
+        reasons = "; ".join(f"{r['signal']} +{r['contribution']:.1f}" for r in ev.get("reasons", [])[:3])
+        rows.append({"time": a["time"][:19], "action": a["action"], "requested": a["requested"],
+                     "source": a["source"], "risk": "" if a["risk"] is None else f"{a['risk']:.3f}",
+                     "policy": a["policy_version"], "reasons": reasons,
+                     "linked": len(ev.get("linked_accounts", [])), "note": a["note"]})
+    _print_rows(rows, ["time", "action", "requested", "source", "risk", "policy", "reasons", "linked", "note"],
+                "actions (--json for the full evidence)", False)
+
+
 @accounts_app.command("usage")
 def accounts_usage(name: str = typer.Argument(..., help="Account name."),
                    since: Optional[datetime] = typer.Option(None, "--since", help="ISO time (UTC if no zone)."),

@@ -44,6 +44,8 @@ def serve(
         None, "--antidistill-proxy", help="Proxy student for antidistillation sampling of degraded accounts."),
     antidistill_all: bool = typer.Option(False, "--antidistill-all",
                                          help="Antidistillation sampling for every account, not only degraded ones."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Detection policy YAML (default: the built-in "
+                                          "one); checked at start-up."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log each request line."),
 ) -> None:
@@ -72,7 +74,8 @@ def serve(
              "upstream_api_key": _secret(upstream_key_file, "upstream key"), "quotas_file": quotas,
              "rate_limit_storage": rate_limit_storage, "served_model_name": served_model_name,
              "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "torch_threads": torch_threads,
-             "antidistill_proxy": antidistill_proxy, "antidistill_all": antidistill_all or None}
+             "antidistill_proxy": antidistill_proxy, "antidistill_all": antidistill_all or None,
+             "policy_file": policy}
     try:
         settings = GuardSettings(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:  # pydantic's ValidationError, e.g. a malformed STILLWATCH_* variable
@@ -85,6 +88,10 @@ def serve(
     # Everything that can fail does so here, as one line, before the address is taken and "serving" said.
     open_database(settings.db_url, settings.sqlite_synchronous, migrate=True).dispose()
     Quotas(settings.rate_limit_storage, settings.quotas_file)  # a bad quotas file or storage URI
+    if settings.detection:
+        from stillwatch.detect.policy import load_policy
+
+        load_policy(settings.policy_file)  # a bad policy file: PolicyError, one line
     sock = _bind(settings.host, settings.port)
     try:
         app = create_app(settings, backend=make_backend(settings))

@@ -166,8 +166,10 @@ def admin_router(store: AccountStore, audit: AuditLog, settings: Any) -> APIRout
 
     @router.get("/accounts/{name}")
     def get_account(name: str) -> dict[str, Any]:
-        """One account."""
-        return store.get_account(name)
+        """One account, with its action history and the evidence of each action."""
+        from stillwatch.guard.actions import account_with_history
+
+        return account_with_history(store, name)
 
     @router.post("/accounts/{name}/keys", status_code=201)
     def create_account_key(name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from stillwatch.guard.audit import AuditLog
 from stillwatch.guard.backends import Backend, make_backend
 from stillwatch.guard.db import make_engine, upgrade
 from stillwatch.guard.deps import Gateway, audit_error
+from stillwatch.guard.detection import OnlineDetection
 from stillwatch.guard.errors import install_handlers
 from stillwatch.guard.metrics import Metrics
 from stillwatch.guard.middleware import GuardMiddleware
@@ -38,7 +39,9 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     store, audit = AccountStore(engine), AuditLog(engine, settings)
     quotas = Quotas(settings.rate_limit_storage, settings.quotas_file)
     metrics = Metrics()
-    gw = Gateway(settings=settings, store=store, audit=audit, quotas=quotas, metrics=metrics,
+    # The policy is read and checked here, so a bad file fails before anything starts.
+    detection = OnlineDetection(store, settings) if settings.detection else None
+    gw = Gateway(settings=settings, store=store, audit=audit, quotas=quotas, metrics=metrics, detection=detection,
                  inline_db=engine.dialect.name == "sqlite",
                  inline_quotas=settings.rate_limit_storage.startswith("memory"))
 
@@ -50,11 +53,16 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
             chosen.batcher.on_batch = metrics.observe_batch
         await chosen.start()
         await audit.start()
+        if detection is not None:
+            await detection.start(chosen)
+            audit.listeners.append(detection.offer)
         gw.backend = chosen
         try:
             yield
         finally:
             gw.backend = None
+            if detection is not None:
+                await detection.stop()
             await chosen.stop()
             await audit.stop()  # writes everything queued before the process ends
             engine.dispose()

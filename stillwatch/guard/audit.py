@@ -24,7 +24,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Connection, Engine, insert, or_, select, text, update
 
@@ -152,6 +152,8 @@ class AuditLog:
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0  # commits so far; records / batches = the group-commit factor
         self.records = 0
+        # Called on the event loop with each batch's committed rows (the online detector's feed); cheap only.
+        self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -219,10 +221,17 @@ class AuditLog:
                         items.append(item)
             if not items:
                 continue
+            committed: list[dict[str, Any]] = []
             try:
-                errors = await loop.run_in_executor(self._executor, self._write_entries, [e for e, _ in items])
+                errors = await loop.run_in_executor(self._executor, self._write_entries, [e for e, _ in items],
+                                                    committed)
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failure
                 errors = [exc] * len(items)
+            for listener in self.listeners:
+                try:
+                    listener(committed)
+                except Exception as exc:  # noqa: BLE001 - a listener's fault is never the request's
+                    log.error("audit listener failed: %s", type(exc).__name__)
             for (_, future), error in zip(items, errors, strict=True):
                 if future.done():
                     continue
@@ -231,8 +240,10 @@ class AuditLog:
                 else:
                     future.set_exception(error)
 
-    def _write_entries(self, entries: list[AuditEntry]) -> list[BaseException | None]:
-        """Build the rows (in the writer's thread) and insert them; an entry that cannot be built fails alone."""
+    def _write_entries(self, entries: list[AuditEntry],
+                       committed: list[dict[str, Any]] | None = None) -> list[BaseException | None]:
+        """Build the rows (in the writer's thread) and insert them; an entry that cannot be built fails alone.
+        The rows that were committed are appended to `committed`."""
         rows: list[dict[str, Any] | None] = []
         built: list[BaseException | None] = []
         for entry in entries:
@@ -243,7 +254,10 @@ class AuditLog:
                 rows.append(None)
                 built.append(exc)
         good = [row for row in rows if row is not None]
-        written = iter(self._write(good) if good else [])
+        outcome = self._write(good) if good else []
+        if committed is not None:
+            committed.extend(row for row, error in zip(good, outcome) if error is None)
+        written = iter(outcome)
         return [error if row is None else next(written) for row, error in zip(rows, built)]
 
     def _write(self, rows: list[dict[str, Any]]) -> list[BaseException | None]:

@@ -36,6 +36,7 @@ class Gateway:
     quotas: Quotas
     metrics: Metrics
     backend: Any = None
+    detection: Any = None  # the app's OnlineDetection, or None when detection is off
     inline_db: bool = True  # SQLite reads take microseconds: a thread hop would cost more than it saves
     inline_quotas: bool = True  # memory:// likewise; Redis and PostgreSQL go to a worker thread
     _pending: set = field(default_factory=set)
