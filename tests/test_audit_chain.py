@@ -8,20 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from stillwatch.cli import main
+from guard_support import run_cli as _run
 from stillwatch.guard.accounts import AccountStore
 from stillwatch.guard.audit import GENESIS, AuditEntry, AuditLog, chain_hash, verify_chain
 from stillwatch.guard.db import make_engine, upgrade
 
 
-def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 async def _write(logs: list[AuditLog], account_id: int, count: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stillwatch.cli import main
+from guard_support import run_cli as _run
 from stillwatch.guard.accounts import AccountStore
 from stillwatch.guard.db import make_engine
 
@@ -20,15 +20,6 @@ def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=60)
 
 
-def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process (fast); returns (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:

@@ -10,19 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stillwatch.cli import main
+from guard_support import run_cli as _run
 
 ADMIN = "online-admin-key-0123456789"
 
 
-def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
