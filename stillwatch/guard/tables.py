@@ -67,8 +67,12 @@ class Account(Base):
     blocked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
     block_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # Issue 4's per-account antidistillation switch: serve poisoned traces instead of blocking.
+    # The per-account antidistillation switch: serve poisoned traces instead of blocking.
     degraded: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    # Serve the final answer without its reasoning trace (counted as hidden tokens in usage).
+    hide_reasoning: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    # Requests per minute while throttled; None when the account is not throttled.
+    throttle_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
     __table_args__ = (UniqueConstraint("name", name="uq_accounts_name"),)
@@ -123,6 +127,8 @@ class AuditRecord(Base):
     # The hash chain (audit.py): this record's hash covers its canonical fields and the previous record's hash.
     prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     record_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The elicitation classifier's scores for the prompt (evidence, and re-scored offline when the model improves).
+    elicit: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         Index("ix_audit_account_time", "account_id", "created_at"),
