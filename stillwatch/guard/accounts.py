@@ -1,10 +1,11 @@
-"""Accounts and API keys: create, revoke, block, degrade, and authenticate a key on every request.
+"""Accounts and API keys: create, revoke, block, degrade, hide reasoning, throttle; authenticate every request.
 
 A key looks like `sw-<key_id>-<secret>`. The key id is public (it names the key in lists, logs and the audit
 trail) and gives an indexed lookup; the secret is 256 random bits. Only SHA-256 of the whole key is stored
 (a fast hash is enough for a high-entropy secret: there is nothing to guess), and it is compared with
-`hmac.compare_digest`. Blocked and degraded state is read from the database on every request, never cached,
-so a block made through one replica or the CLI holds on the very next request everywhere.
+`hmac.compare_digest`. An account's state (blocked, degraded, hidden, throttled) is read from the database on
+every request, never cached, so a block made through one replica or the CLI holds on the very next request
+everywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class AccountExists(StillwatchError):
     """An account by that name exists already (HTTP 409)."""
 
 
+class BadThrottle(StillwatchError):
+    """A throttle that is not a positive whole number of requests per minute."""
+
+
 class BadAccountName(StillwatchError):
     """An account name outside letters, digits and `.@+:-_`, or longer than 200 characters (HTTP 400)."""
 
@@ -63,6 +68,8 @@ class Principal:
     blocked: bool
     block_reason: str | None
     degraded: bool
+    hide_reasoning: bool = False
+    throttle_rpm: int | None = None
 
 
 def hash_key(raw_key: str) -> str:
@@ -131,7 +138,8 @@ class AccountStore:
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return [{"id": r.id, "name": r.name, "blocked": r.blocked, "block_reason": r.block_reason,
-                 "blocked_at": _iso(r.blocked_at), "degraded": r.degraded, "created_at": _iso(r.created_at),
+                 "blocked_at": _iso(r.blocked_at), "degraded": r.degraded, "hide_reasoning": r.hide_reasoning,
+                 "throttle_rpm": r.throttle_rpm, "created_at": _iso(r.created_at),
                  "active_keys": r.active_keys} for r in rows]
 
     def block(self, name: str, reason: str) -> dict[str, Any]:
@@ -148,6 +156,18 @@ class AccountStore:
     def set_degraded(self, name: str, on: bool) -> dict[str, Any]:
         """Switch antidistillation sampling on or off for one account (the "degrade" action)."""
         self._set(name, degraded=bool(on))
+        return self.get_account(name)
+
+    def set_hide_reasoning(self, name: str, on: bool) -> dict[str, Any]:
+        """Serve one account final answers without their reasoning traces (the "hide_reasoning" action)."""
+        self._set(name, hide_reasoning=bool(on))
+        return self.get_account(name)
+
+    def set_throttle(self, name: str, rpm: int | None) -> dict[str, Any]:
+        """Cap one account at `rpm` requests per minute below its quota (the "throttle" action); None lifts it."""
+        if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1):
+            raise BadThrottle("a throttle is a whole number of requests per minute, at least 1")
+        self._set(name, throttle_rpm=rpm)
         return self.get_account(name)
 
     def _set(self, name: str, **values: Any) -> None:
@@ -207,14 +227,15 @@ class AccountStore:
         if key_id is None:
             raise InvalidKey("invalid API key")
         stmt = (select(ApiKey.key_hash, ApiKey.revoked_at, Account.id, Account.name, Account.blocked,
-                       Account.block_reason, Account.degraded)
+                       Account.block_reason, Account.degraded, Account.hide_reasoning, Account.throttle_rpm)
                 .join(Account, Account.id == ApiKey.account_id).where(ApiKey.id == key_id))
         with self.engine.connect() as conn:
             row = conn.execute(stmt).first()
         if row is None or not hmac.compare_digest(row.key_hash, hash_key(raw_key or "")) or row.revoked_at:
             raise InvalidKey("invalid API key")
         return Principal(account_id=row.id, account_name=row.name, key_id=key_id, blocked=bool(row.blocked),
-                         block_reason=row.block_reason, degraded=bool(row.degraded))
+                         block_reason=row.block_reason, degraded=bool(row.degraded),
+                         hide_reasoning=bool(row.hide_reasoning), throttle_rpm=row.throttle_rpm)
 
     def usage(self, name: str, since: datetime | None = None) -> dict[str, Any]:
         """Requests, tokens and refusals of one account from the audit log (all time, or since `since`)."""
