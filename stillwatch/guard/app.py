@@ -21,7 +21,7 @@ from stillwatch.guard.errors import install_handlers
 from stillwatch.guard.metrics import Metrics
 from stillwatch.guard.middleware import GuardMiddleware
 from stillwatch.guard.quotas import Quotas
-from stillwatch.guard.routes import ops, v1
+from stillwatch.guard.routes import openai_router, ops
 from stillwatch.guard.settings import GuardSettings
 
 
@@ -74,7 +74,9 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
                   openapi_url="/openapi.json" if settings.openapi_docs else None, docs_url=None, redoc_url=None)
     app.state.gateway = gw
     install_handlers(app, on_error=audit_error)
-    app.include_router(v1)
+    # A pass-through backend keeps every field of a request as sent; a model in process takes strict ones.
+    passthrough = bool(getattr(backend, "passthrough", False)) if backend is not None else settings.upstream is not None
+    app.include_router(openai_router(passthrough))
     app.include_router(ops)
     app.include_router(admin_router(store, audit, settings), prefix="/admin")
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, metrics=metrics,

@@ -13,12 +13,15 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, AsyncIterator, Hashable, Iterable, Protocol
+from urllib.parse import quote
 
 from stillwatch.errors import StillwatchError
 from stillwatch.guard import render
 from stillwatch.guard.batching import Batcher
 from stillwatch.guard.errors import APIError, bad_request
 from stillwatch.guard.hooks import ForensicsHooks
+from stillwatch.guard.replies import RESPONSES_TERMINAL, Kind, check_chunk, outputs_of, usage_of
+from stillwatch.guard.sampling import request_processors
 from stillwatch.guard.schemas import ChatCompletionRequest, CompletionRequest
 from stillwatch.guard.settings import GuardSettings
 from stillwatch.teachers import Completion, SamplingParams
@@ -34,14 +37,18 @@ class Result:
     chunks: AsyncIterator[dict] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    texts: list[str] = field(default_factory=list)
+    # What was answered, one per choice: a text, or {"content", "tool_calls"} for an answer with tool calls.
+    texts: list[Any] = field(default_factory=list)
     finished: bool = False  # for streams: the backend delivered its last chunk
     raw: bytes | None = None  # `body` already encoded (off the event loop), when the backend did it
     error: Any = None  # for streams: the APIError that ended it early, sent as the last event
 
 
 class Backend(Protocol):
-    """The interface the routes use."""
+    """The interface the routes use. A backend with `passthrough = True` takes the pass-through request
+    schemas (every field kept as sent) and also serves `responses`, `embeddings` and `model`."""
+
+    passthrough: bool
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -56,40 +63,6 @@ LARGE_BODY = 1_000_000  # bytes of JSON past which parsing goes to a worker thre
 def malformed(message: str) -> APIError:
     """502 for an upstream reply the gateway cannot read."""
     return APIError(502, message, type="upstream_error", code="bad_gateway")
-
-
-def _count(value: Any) -> int:
-    # bool is an int to Python, and "12" or 1.5 are not token counts.
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TypeError(f"not a token count: {value!r}")
-    return value
-
-
-def _usage(usage: Any) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) of a usage object; TypeError if it is not one."""
-    if usage is None:
-        return None
-    if not isinstance(usage, dict):
-        raise TypeError("usage is not an object")
-    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-
-
-def stream_pieces(chunk: Any) -> list[tuple[int, str]]:
-    """(choice index, text) of each piece in a stream chunk; TypeError for a chunk that is not one."""
-    if not isinstance(chunk, dict):
-        raise TypeError("chunk is not an object")
-    out = []
-    for choice in chunk.get("choices") or ():
-        index = _count(choice.get("index", 0))
-        piece = choice.get("text")
-        if piece is None:
-            piece = (choice.get("delta") or {}).get("content")
-        if piece is not None and not isinstance(piece, str):
-            raise TypeError("piece is not text")
-        out.append((index, piece or ""))
-    return out
 
 
 def encode_json(obj: Any) -> bytes:
@@ -117,6 +90,12 @@ def _check_greedy_n(n: int | None, temperature: float | None) -> None:
         raise bad_request("n must be 1 when temperature is 0 (greedy decoding gives one answer).", param="n")
 
 
+def unsupported(what: str, param: str) -> APIError:
+    """400: a parameter this backend (a model in process) cannot honour."""
+    return APIError(400, f"This backend (a model served in process) cannot honour {what}; serve it with "
+                         f"--upstream to pass it to a server that does.", param=param, code="unsupported_parameter")
+
+
 def model_not_found(name: str) -> APIError:
     """404 for a model this gateway does not serve."""
     return APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
@@ -124,6 +103,8 @@ def model_not_found(name: str) -> APIError:
 
 class LocalBackend:
     """A LocalTeacher in process, behind dynamic batching (`stillwatch.guard.batching`)."""
+
+    passthrough = False
 
     def __init__(self, teacher: Any, settings: GuardSettings, hooks: ForensicsHooks | None = None):
         self.teacher, self.settings = teacher, settings
@@ -142,9 +123,16 @@ class LocalBackend:
     async def stop(self) -> None:
         await self.batcher.stop()
 
+    def _card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "stillwatch"}
+
     async def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
-                                            "owned_by": "stillwatch"}]}
+        return {"object": "list", "data": [self._card()]}
+
+    async def model(self, model_id: str) -> dict:
+        if model_id != self.name:
+            raise model_not_found(model_id)
+        return self._card()
 
     # ---- helpers ----
     def _decode(self, ids: list[int]) -> str:
@@ -187,8 +175,9 @@ class LocalBackend:
                                code="degrade_unavailable") from None
         return self._degraded
 
-    async def _generate(self, prompts: list[str], params: SamplingParams, degraded: bool) -> list[list[Completion]]:
-        processors = await self._processors(degraded)
+    async def _generate(self, prompts: list[str], params: SamplingParams, degraded: bool,
+                        extra: tuple[Any, ...] = ()) -> list[list[Completion]]:
+        processors = await self._processors(degraded) + extra
         # Requests batch only with the same parameters and processors (a degraded account's requests get
         # their own group); a seeded request runs alone, so its result never depends on its batch-mates.
         key: Hashable = ("gen", params, processors, object() if params.seed is not None else None)
@@ -270,10 +259,13 @@ class LocalBackend:
         self._check_fits(n_prompt, max_tokens, "messages")
         top = req.top_logprobs or 0 if req.logprobs else 0
         _check_greedy_n(req.n, req.temperature)
+        if req.response_format is not None and req.response_format.type != "text":
+            raise unsupported(f"response_format of type '{req.response_format.type}'", "response_format")
+        extra = request_processors(req, len(self.tok))
         params = SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
                                 top_p=1.0 if req.top_p is None else req.top_p, n=req.n or 1, seed=req.seed,
                                 stop=req.stops(), top_logprobs=top)
-        completions = (await self._generate([prompt], params, degraded))[0]
+        completions = (await self._generate([prompt], params, degraded, extra))[0]
         spell = self._speller(req.return_tokens_as_token_ids)
         rid = render.new_id("chatcmpl")
         result = Result(prompt_tokens=n_prompt, completion_tokens=sum(c.completion_tokens for c in completions),
@@ -326,6 +318,7 @@ class LocalBackend:
         prompts = await asyncio.to_thread(self._prompts, req.prompt)
         n = req.n or 1
         _check_greedy_n(n, req.temperature)
+        extra = request_processors(req, len(self.tok))
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         for text, ids in prompts:
             self._check_fits(len(ids), max_tokens, "prompt")
@@ -340,7 +333,7 @@ class LocalBackend:
                                     temperature=1.0 if req.temperature is None else req.temperature,
                                     top_p=1.0 if req.top_p is None else req.top_p, n=n, seed=req.seed,
                                     stop=req.stops(), top_logprobs=k or 0)
-            generated = await self._generate([text for text, _ in prompts], params, degraded)
+            generated = await self._generate([text for text, _ in prompts], params, degraded, extra)
         spell = self._speller(req.return_tokens_as_token_ids)
         prompt_tokens = sum(len(ids) for _, ids in prompts)
         completion_tokens = sum(c.completion_tokens for row in generated for c in row if c is not None)
@@ -365,8 +358,16 @@ class LocalBackend:
 class ProxyBackend:
     """Forwards to an OpenAI-compatible upstream (vLLM, TGI, OpenAI) over one pooled aiohttp session.
 
+    Requests pass through as the client sent them (tools, tool messages, `response_format`, `logit_bias`,
+    penalties, images, any field the upstream knows) and replies come back as the upstream sent them; the
+    guard only reads usage and the answers for its charge and its audit. The one change: a stream asks for
+    usage (`stream_options.include_usage`), since the guard charges tokens; the route drops that chunk again
+    unless the client asked for it.
+
     aiohttp rather than httpx on this hop: at 32 concurrent requests httpx's pool sustained about 1/15 of
     aiohttp's requests/s on the benchmark machine (see bench/gateway.py), and this hop is all a proxy does."""
+
+    passthrough = True
 
     def __init__(self, settings: GuardSettings):
         if not settings.upstream:
@@ -414,7 +415,7 @@ class ProxyBackend:
         import aiohttp
 
         try:
-            return await self.session.post(self.base + path, data=json.dumps(body).encode())
+            return await self.session.post(self.base + path, data=encode_json(body))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self._unreachable(exc) from None
 
@@ -435,10 +436,24 @@ class ProxyBackend:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _post(self, path: str, body: dict) -> tuple[dict, bytes]:
+    async def _parse(self, raw: bytes) -> Any:
+        try:
+            # A big reply (echo scoring, embeddings) takes tens of milliseconds to parse: not on the event loop.
+            return await asyncio.to_thread(json.loads, raw) if len(raw) > LARGE_BODY else json.loads(raw)
+        except ValueError:
+            raise malformed("The upstream sent invalid JSON.") from None
+
+    async def _exchange(self, method: str, path: str, body: dict | None = None) -> tuple[Any, bytes]:
+        """One non-streaming call: the parsed reply and its bytes (an error status becomes an APIError)."""
         import aiohttp
 
-        resp = await self._open(path, body)
+        if method == "POST":
+            resp = await self._open(path, body or {})
+        else:
+            try:
+                resp = await self.session.get(self.base + path)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                raise self._unreachable(exc) from None
         try:
             raw = await self._read(resp)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -447,18 +462,14 @@ class ProxyBackend:
             resp.release()
         if resp.status != 200:
             raise self._upstream_error(resp.status, raw, resp.headers)
-        try:
-            # A big reply (echo scoring) takes tens of milliseconds to parse: not on the event loop.
-            return (await asyncio.to_thread(json.loads, raw) if len(raw) > LARGE_BODY else json.loads(raw)), raw
-        except ValueError:
-            raise malformed("The upstream sent invalid JSON.") from None
+        return await self._parse(raw), raw
 
-    async def _stream(self, path: str, body: dict, result: Result) -> AsyncIterator[dict]:
+    async def _stream(self, kind: Kind, path: str, body: dict, result: Result) -> AsyncIterator[dict]:
         import aiohttp
 
-        # Ask for usage whatever the client asked: the guard charges and audits tokens. The route drops the
-        # usage chunk again unless the client wanted it.
-        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        if kind != "responses":
+            # Ask for usage whatever the client asked: the guard charges and audits tokens.
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         resp = await self._open(path, body)
         if resp.status != 200:
             try:
@@ -476,7 +487,7 @@ class ProxyBackend:
                         result.error = self._too_large()
                         break
                     line = raw_line.decode("utf-8", "replace").strip()
-                    if not line.startswith("data:"):
+                    if not line.startswith("data:"):  # `event:` lines too: the Responses API's data names its type
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
@@ -484,15 +495,18 @@ class ProxyBackend:
                         break
                     try:
                         chunk = json.loads(data)
-                        stream_pieces(chunk)  # the shape the route relies on, checked before the client sees it
-                        usage = _usage(chunk.get("usage"))
+                        usage = check_chunk(kind, chunk)  # the shape the route relies on, before the client sees it
                     except (ValueError, TypeError, AttributeError):
                         log.warning("upstream sent a malformed stream chunk")
                         result.error = malformed("The upstream sent a malformed stream chunk.")
                         break
                     if usage is not None:
                         result.prompt_tokens, result.completion_tokens = usage
+                    if kind == "responses" and chunk["type"] in RESPONSES_TERMINAL:
+                        result.finished = True
                     yield chunk
+                    if result.finished:
+                        break
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):  # ValueError: an overlong line
                 log.warning("upstream stream broke off")
             finally:
@@ -501,57 +515,51 @@ class ProxyBackend:
         return chunks()
 
     @staticmethod
-    def _absorb(result: Result, body: Any, raw: bytes) -> Result:
-        """Read usage and texts from an upstream reply; 502 for a reply that is not a completion."""
+    def _absorb(kind: Kind, result: Result, body: Any, raw: bytes) -> Result:
+        """Read usage and answers from an upstream reply; 502 for a reply that is not of its kind."""
         try:
             if not isinstance(body, dict):
                 raise TypeError("not an object")
-            usage = _usage(body.get("usage")) or (0, 0)
-            texts = []
-            for choice in body.get("choices") or ():
-                if "message" in choice:
-                    content = (choice.get("message") or {}).get("content")
-                else:
-                    content = choice.get("text")
-                if content is not None and not isinstance(content, str):
-                    raise TypeError("content is not text")
-                texts.append(content or "")
+            usage = usage_of(kind, body.get("usage")) or (0, 0)
+            texts = outputs_of(kind, body)
         except (TypeError, ValueError, AttributeError):
-            raise malformed("The upstream sent a reply that is not a completion.") from None
+            raise malformed(f"The upstream sent a reply that is not a {KIND_NAMES[kind]}.") from None
         result.prompt_tokens, result.completion_tokens = usage
         result.texts, result.body, result.raw, result.finished = texts, body, raw, True
         return result
 
     async def models(self) -> dict:
-        import aiohttp
+        body, _ = await self._exchange("GET", "/models")
+        return body
 
-        try:
-            async with self.session.get(self.base + "/models") as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise self._unreachable(exc) from None
-        if status != 200:
-            raise self._upstream_error(status, raw, headers)
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise APIError(502, "The upstream sent invalid JSON.", type="upstream_error", code="bad_gateway") from None
+    async def model(self, model_id: str) -> dict:
+        body, _ = await self._exchange("GET", "/models/" + quote(model_id, safe="/:@"))
+        return body
 
-    async def _forward(self, path: str, req: Any) -> Result:
-        body = req.model_dump(exclude_none=True)
-        body.pop("stream_options", None)
+    async def forward(self, kind: Kind, path: str, body: dict, stream: bool) -> Result:
+        """Send `body` as it is to the upstream's `path`; the reply (or its stream) as a Result."""
         result = Result()
-        if req.stream:
-            result.chunks = await self._stream(path, body, result)
+        if stream:
+            result.chunks = await self._stream(kind, path, body, result)
             return result
-        return self._absorb(result, *await self._post(path, body))
+        return self._absorb(kind, result, *await self._exchange("POST", path, body))
 
-    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
-        return await self._forward("/chat/completions", req)
+    async def chat(self, req: Any, degraded: bool) -> Result:
+        return await self.forward("chat", "/chat/completions", req.model_dump(exclude_unset=True), bool(req.stream))
 
-    async def completions(self, req: CompletionRequest, degraded: bool) -> Result:
-        return await self._forward("/completions", req)
+    async def completions(self, req: Any, degraded: bool) -> Result:
+        return await self.forward("completions", "/completions", req.model_dump(exclude_unset=True),
+                                  bool(req.stream))
+
+    async def responses(self, req: Any) -> Result:
+        return await self.forward("responses", "/responses", req.model_dump(exclude_unset=True), bool(req.stream))
+
+    async def embeddings(self, req: Any) -> Result:
+        return await self.forward("embeddings", "/embeddings", req.model_dump(exclude_unset=True), False)
+
+
+KIND_NAMES = {"chat": "chat completion", "completions": "completion", "responses": "response",
+              "embeddings": "list of embeddings"}
 
 
 def make_backend(settings: GuardSettings) -> Backend:

@@ -91,6 +91,12 @@ def too_slow(seconds: float) -> APIError:
     return APIError(408, f"The request body did not arrive within {seconds:g} s.", code="request_timeout")
 
 
+def invalid_url(method: str, path: str, status: int = 404, headers: dict[str, str] | None = None) -> APIError:
+    """OpenAI's answer to a route it does not have: "Invalid URL (POST /v1/nothing)"."""
+    shown = path if len(path) <= 200 else path[:200] + "…"  # a fuzzed path is echoed, never without limit
+    return APIError(status, f"Invalid URL ({method[:16]} {shown})", headers=headers)
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
     """("body", "messages", 0, "content") -> "messages[0].content"."""
     parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
@@ -112,6 +118,12 @@ def validation_error(exc: RequestValidationError) -> APIError:
                            "JSON.)", code="invalid_json")
     if kind == "extra_forbidden":
         name = param.rsplit(".", 1)[-1] if param else None
+        from stillwatch.guard.schemas import UPSTREAM_ONLY_PARAMS
+
+        if name in UPSTREAM_ONLY_PARAMS and param == name:
+            return APIError(400, f"This backend (a model served in process) cannot honour '{name}'; serve it "
+                                 "with --upstream to pass it to a server that does.", param=param,
+                            code="unsupported_parameter")
         return bad_request(f"Unrecognized request argument supplied: {name}", param=param,
                            code="unknown_parameter")
     if kind in ("dict_type", "model_type", "model_attributes_type") and param is None:
@@ -121,6 +133,10 @@ def validation_error(exc: RequestValidationError) -> APIError:
         if param is None:
             return bad_request("The request needs a JSON body.", code="missing_body")
         return bad_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind == "literal_error" and param and param.endswith(".role") and first.get("input") in ("tool", "function"):
+        return APIError(400, f"This backend (a model served in process) cannot honour {first['input']} messages; "
+                             "serve it with --upstream to pass them to a server that does.", param=param,
+                        code="unsupported_parameter")
     msg = str(first.get("msg", "invalid value"))
     return bad_request(f"Invalid value for '{param}': {msg}." if param else msg, param=param)
 
@@ -146,6 +162,8 @@ def install_handlers(app: FastAPI, on_error: Recorder | None = None) -> None:
         if exc.status_code == 400:  # Starlette could not read the body (invalid UTF-8, bad encoding)
             err = bad_request("We could not parse the JSON body of your request. (HINT: it must be valid UTF-8 "
                               "JSON.)", code="invalid_json")
+        elif exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+            err = invalid_url(request.method, request.url.path, exc.status_code, dict(exc.headers or {}))
         else:
             kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
             err = APIError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))

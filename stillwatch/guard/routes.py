@@ -1,11 +1,17 @@
 """The OpenAI surface (/v1) and the operations endpoints (/health, /ready, /metrics).
 
 Each /v1 request runs: auth (401) → quota (429) → blocked? (403) → parameter limits (400) → backend → token
-charge → audit record committed → last byte. For a stream, the record commits before `data: [DONE]`. A
-database or quota store that is down gives 503 with Retry-After, never 500.
+charge → audit record committed → last byte. For a stream, the record commits before `data: [DONE]` (the
+Responses API's last event, which has no [DONE]). A database or quota store that is down gives 503 with
+Retry-After, never 500.
+
+`openai_router(passthrough)` builds the /v1 routes for one app: with a pass-through backend (`--upstream`)
+the request bodies keep every field as sent (schemas.Passthrough*), and /v1/responses and /v1/embeddings
+are served; with a model in process the strict schemas apply.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: the routes' body types are chosen when the router is built,
+# and FastAPI must see them as real classes, not names to look up in this module.
 
 import asyncio
 import json
@@ -16,16 +22,17 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from stillwatch.guard.accounts import Principal
-from stillwatch.guard.backends import Result, stream_pieces
+from stillwatch.guard.backends import Result
 from stillwatch.guard.deps import Call, Gateway, authorize, gateway
 from stillwatch.guard.errors import APIError, bad_request, over_quota
 from stillwatch.guard.quotas import QuotaExceeded
+from stillwatch.guard.replies import RESPONSES_TERMINAL, Delivered, Kind
 from stillwatch.guard.schemas import (ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, CompletionRequest,
-                                      ModelList, TextCompletion)
+                                      EmbeddingsRequest, ModelCard, ModelList, PassthroughChatRequest,
+                                      PassthroughCompletionRequest, ResponsesRequest, TextCompletion)
 
 log = logging.getLogger("stillwatch.guard")
 
-v1 = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 ops = APIRouter(tags=["operations"])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -35,13 +42,17 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _check_common(body: ChatCompletionRequest | CompletionRequest, settings: Any, max_tokens: int | None,
-                  max_tokens_param: str) -> None:
+def _check_max_tokens(settings: Any, max_tokens: int | None, param: str) -> None:
+    if max_tokens is not None and max_tokens > settings.max_tokens_limit:
+        raise bad_request(f"{param} must be at most {settings.max_tokens_limit} on this gateway "
+                          "(STILLWATCH_MAX_TOKENS_LIMIT).", param=param)
+
+
+def _check_common(body: Any, settings: Any, max_tokens: int | None, max_tokens_param: str) -> None:
     n = body.n or 1
     if n > settings.max_n:
         raise bad_request(f"n must be at most {settings.max_n}.", param="n")
-    if max_tokens is not None and max_tokens > settings.max_tokens_limit:
-        raise bad_request(f"{max_tokens_param} must be at most {settings.max_tokens_limit}.", param=max_tokens_param)
+    _check_max_tokens(settings, max_tokens, max_tokens_param)
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
 
@@ -77,7 +88,13 @@ def _unaudited(retry_after_s: int = 2) -> APIError:
                     code="audit_unavailable", headers={"Retry-After": str(retry_after_s)})
 
 
-async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool) -> Response:
+def _unsupported_endpoint(request: Request) -> APIError:
+    return APIError(404, f"{request.url.path} is not served by this gateway's backend (a model in process); "
+                         "serve with --upstream to pass it to a server that has it.", type="invalid_request_error",
+                    code="unsupported_endpoint")
+
+
+async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool, kind: Kind = "chat") -> Response:
     decision = "degrade" if call.principal is not None and call.principal.degraded else "allow"
     if result.chunks is None:
         try:
@@ -88,39 +105,61 @@ async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool)
         raw = result.raw if result.raw is not None else _json(result.body)
         return Response(raw, media_type="application/json",
                         headers={"x-request-id": call.request_id})
-    return StreamingResponse(_sse(gw, call, result, include_usage, decision), media_type="text/event-stream",
+    events = _sse_events(gw, call, result, decision) if kind == "responses" else \
+        _sse(gw, call, result, include_usage, decision, kind)
+    return StreamingResponse(events, media_type="text/event-stream",
                              headers={**SSE_HEADERS, "x-request-id": call.request_id})
 
 
-class Delivered:
-    """What a stream has handed to the client so far: the audit and the token charge of a stream that ends
-    early (a hang-up, a broken or malformed upstream) are what was delivered, not what was generated."""
-
-    def __init__(self) -> None:
-        self.texts: dict[int, list[str]] = {}
-        self.pieces = 0
-
-    def note(self, chunk: dict) -> None:
-        """Count one chunk that was sent."""
-        for index, piece in stream_pieces(chunk):
-            if piece:
-                self.texts.setdefault(index, []).append(piece)
-                self.pieces += 1
-
-    def settle(self, result: Result, complete: bool) -> None:
-        """Make `result` say what was delivered (a complete stream keeps the texts its backend knew)."""
-        if not complete or not result.texts:
-            result.texts = ["".join(v) for _, v in sorted(self.texts.items())]
-        if not complete:
-            # One piece per token is how OpenAI-compatible servers stream; a backend that knows its count
-            # (the local one) is never charged more than it generated.
-            known = result.completion_tokens
-            result.completion_tokens = min(self.pieces, known) if known else self.pieces
+def _settle(delivered: Delivered, result: Result, complete: bool) -> None:
+    """Make `result` say what was delivered (a complete stream keeps the answers its backend knew)."""
+    if not complete or not result.texts:
+        result.texts = delivered.outputs()
+    if not complete:
+        # One piece per token is how OpenAI-compatible servers stream; a backend that knows its count
+        # (the local one) is never charged more than it generated.
+        known = result.completion_tokens
+        result.completion_tokens = min(delivered.pieces, known) if known else delivered.pieces
 
 
-async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, decision: str) -> AsyncIterator[bytes]:
+async def _sse_events(gw: Gateway, call: Call, result: Result, decision: str) -> AsyncIterator[bytes]:
+    """The Responses API's stream: named events, the last of which (response.completed) waits for the audit."""
     assert result.chunks is not None
-    delivered = Delivered()
+    delivered = Delivered("responses")
+    last: dict | None = None
+    try:
+        async for event in result.chunks:
+            if event.get("type") in RESPONSES_TERMINAL:
+                last = event
+                delivered.note(event)
+                break
+            yield b"event: " + event["type"].encode() + b"\ndata: " + _json(event) + b"\n\n"
+            delivered.note(event)
+    except asyncio.CancelledError:
+        _settle(delivered, result, complete=False)
+        gw.detach(_finish(gw, call, result, 499, decision, "client_closed_request"))
+        raise
+    finished = last is not None
+    _settle(delivered, result, complete=finished)
+    try:
+        await _finish(gw, call, result, 200 if finished else 502, decision,
+                      None if finished else (result.error.code if result.error else "bad_gateway"))
+    except Exception:  # noqa: BLE001
+        log.exception("audit write failed")
+        yield b"event: error\ndata: " + _json(_unaudited().body()) + b"\n\n"
+        return
+    if last is None:
+        err = result.error or APIError(502, "The upstream stream broke off.", type="upstream_error",
+                                       code="bad_gateway")
+        yield b"event: error\ndata: " + _json({"type": "error", **err.body()}) + b"\n\n"
+        return
+    yield b"event: " + last["type"].encode() + b"\ndata: " + _json(last) + b"\n\n"
+
+
+async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, decision: str,
+               kind: Kind = "chat") -> AsyncIterator[bytes]:
+    assert result.chunks is not None
+    delivered = Delivered(kind)
     try:
         async for chunk in result.chunks:
             if not chunk.get("choices") and chunk.get("usage") is not None:
@@ -131,10 +170,10 @@ async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, dec
             yield b"data: " + _json(chunk) + b"\n\n"
             delivered.note(chunk)
     except asyncio.CancelledError:  # the client hung up: still audit what it was sent
-        delivered.settle(result, complete=False)
+        _settle(delivered, result, complete=False)
         gw.detach(_finish(gw, call, result, 499, decision, "client_closed_request"))
         raise
-    delivered.settle(result, complete=result.finished)
+    _settle(delivered, result, complete=result.finished)
     status = 200 if result.finished else 502
     try:
         await _finish(gw, call, result, status, decision,
@@ -151,58 +190,113 @@ async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, dec
     yield b"data: [DONE]\n\n"
 
 
-@v1.get("/models", response_model=ModelList)
-async def list_models(request: Request, principal: Principal = Depends(authorize)) -> Response:
-    """The models this gateway serves."""
-    gw = gateway(request)
-    body = await gw.backend.models()
-    call: Call = request.state.call
-    await gw.audit.record(call.entry(200, "allow"))
-    return Response(_json(body), media_type="application/json")
+def _include_usage(body: Any) -> bool:
+    options = body.stream_options
+    return bool(options is not None and options.include_usage)
 
 
-@v1.post("/chat/completions", response_model=ChatCompletion,
-         responses={200: {"content": {"text/event-stream": {}}}})
-async def chat_completions(body: ChatCompletionRequest, request: Request,
-                           principal: Principal = Depends(authorize)) -> Response:
-    """OpenAI chat completions, stream or not; prompts go through the model's chat template."""
-    gw = gateway(request)
-    call: Call = request.state.call
-    call.params = body.model_dump(exclude_none=True, exclude={"messages"})
-    call.prompt = [m.model_dump(exclude_none=True) for m in body.messages]
-    if body.max_tokens is not None and body.max_completion_tokens is not None:
-        raise bad_request("Give max_tokens or max_completion_tokens, not both.", param="max_completion_tokens")
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    _check_common(body, gw.settings, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-    if body.top_logprobs and not body.logprobs:
-        raise bad_request("logprobs must be true when top_logprobs is set.", param="top_logprobs")
-    if max_tokens is not None:
-        await _check_tokens(gw, principal, max_tokens * (body.n or 1))
-    result = await gw.backend.chat(body, principal.degraded)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(gw, call, result, include_usage)
+def openai_router(passthrough: bool) -> APIRouter:
+    """The /v1 routes of one app; `passthrough` picks the request schemas (see the module docstring)."""
+    chat_schema = PassthroughChatRequest if passthrough else ChatCompletionRequest
+    completion_schema = PassthroughCompletionRequest if passthrough else CompletionRequest
+    v1 = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 
+    @v1.get("/models", response_model=ModelList)
+    async def list_models(request: Request, principal: Principal = Depends(authorize)) -> Response:
+        """The models this gateway serves."""
+        gw = gateway(request)
+        body = await gw.backend.models()
+        call: Call = request.state.call
+        await gw.audit.record(call.entry(200, "allow"))
+        return Response(_json(body), media_type="application/json")
 
-@v1.post("/completions", response_model=TextCompletion, responses={200: {"content": {"text/event-stream": {}}}})
-async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(authorize)) -> Response:
-    """OpenAI (legacy) completions. `echo=true, max_tokens=0, logprobs=k` scores the prompt itself: its
-    token logprobs (the first is null) and top-k alternatives, as distillation needs."""
-    gw = gateway(request)
-    call: Call = request.state.call
-    call.params = body.model_dump(exclude_none=True, exclude={"prompt"})
-    call.prompt = body.prompt
-    _check_common(body, gw.settings, body.max_tokens, "max_tokens")
-    n = body.n or 1
-    if body.best_of is not None and body.best_of != n:
-        raise bad_request("best_of is only supported equal to n.", param="best_of")
-    prompts = 1 if isinstance(body.prompt, str) or isinstance(body.prompt[0], int) else len(body.prompt)
-    if prompts * n > gw.settings.max_batch:
-        raise bad_request(f"At most {gw.settings.max_batch} prompts × n per request.", param="prompt")
-    if body.max_tokens:
-        await _check_tokens(gw, principal, body.max_tokens * n * prompts)
-    result = await gw.backend.completions(body, principal.degraded)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(gw, call, result, include_usage)
+    @v1.get("/models/{model_id:path}", response_model=ModelCard)
+    async def get_model(model_id: str, request: Request, principal: Principal = Depends(authorize)) -> Response:
+        """One model by id (404 model_not_found for one this gateway does not serve)."""
+        gw = gateway(request)
+        call: Call = request.state.call
+        call.params = {"model": model_id[:256]}
+        body = await gw.backend.model(model_id)
+        await gw.audit.record(call.entry(200, "allow"))
+        return Response(_json(body), media_type="application/json")
+
+    @v1.post("/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def chat_completions(body: chat_schema, request: Request,  # type: ignore[valid-type]
+                               principal: Principal = Depends(authorize)) -> Response:
+        """OpenAI chat completions, stream or not: through the model's chat template, or to the upstream as sent."""
+        gw = gateway(request)
+        call: Call = request.state.call
+        dump = body.model_dump(exclude_unset=True) if passthrough else body.model_dump(exclude_none=True)
+        call.prompt = dump.pop("messages")
+        call.params = dump
+        if body.max_tokens is not None and body.max_completion_tokens is not None:
+            raise bad_request("Give max_tokens or max_completion_tokens, not both.", param="max_completion_tokens")
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        _check_common(body, gw.settings, max_tokens,
+                      "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+        if body.top_logprobs and not body.logprobs:
+            raise bad_request("logprobs must be true when top_logprobs is set.", param="top_logprobs")
+        if max_tokens is not None:
+            await _check_tokens(gw, principal, max_tokens * (body.n or 1))
+        result = await gw.backend.chat(body, principal.degraded)
+        return await _respond(gw, call, result, _include_usage(body), "chat")
+
+    @v1.post("/completions", response_model=TextCompletion,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def completions(body: completion_schema, request: Request,  # type: ignore[valid-type]
+                          principal: Principal = Depends(authorize)) -> Response:
+        """OpenAI (legacy) completions. `echo=true, max_tokens=0, logprobs=k` scores the prompt itself: its
+        token logprobs (the first is null) and top-k alternatives, as distillation needs."""
+        gw = gateway(request)
+        call: Call = request.state.call
+        dump = body.model_dump(exclude_unset=True) if passthrough else body.model_dump(exclude_none=True)
+        call.prompt = dump.pop("prompt", None)
+        call.params = dump
+        _check_common(body, gw.settings, body.max_tokens, "max_tokens")
+        n = body.n or 1
+        prompt = body.prompt
+        prompts = 1 if isinstance(prompt, str) or not isinstance(prompt, list) or not prompt \
+            or isinstance(prompt[0], int) else len(prompt)
+        if not passthrough:
+            if body.best_of is not None and body.best_of != n:
+                raise bad_request("best_of is only supported equal to n.", param="best_of")
+            if prompts * n > gw.settings.max_batch:
+                raise bad_request(f"At most {gw.settings.max_batch} prompts × n per request.", param="prompt")
+        if body.max_tokens:
+            await _check_tokens(gw, principal, body.max_tokens * max(n, body.best_of or 1) * prompts)
+        result = await gw.backend.completions(body, principal.degraded)
+        return await _respond(gw, call, result, _include_usage(body), "completions")
+
+    @v1.post("/responses", responses={200: {"content": {"text/event-stream": {}}}})
+    async def responses(body: ResponsesRequest, request: Request, principal: Principal = Depends(authorize)) -> Response:
+        """OpenAI's Responses API, stream or not, passed to the upstream as sent."""
+        gw = gateway(request)
+        call: Call = request.state.call
+        dump = body.model_dump(exclude_unset=True)
+        prompt = {k: dump.pop(k) for k in ("instructions", "input") if k in dump}
+        call.prompt, call.params = (prompt["input"] if list(prompt) == ["input"] else prompt), dump
+        if not getattr(gw.backend, "passthrough", False):
+            raise _unsupported_endpoint(request)
+        _check_max_tokens(gw.settings, body.max_output_tokens, "max_output_tokens")
+        if body.max_output_tokens is not None:
+            await _check_tokens(gw, principal, body.max_output_tokens)
+        result = await gw.backend.responses(body)
+        return await _respond(gw, call, result, False, "responses")
+
+    @v1.post("/embeddings")
+    async def embeddings(body: EmbeddingsRequest, request: Request, principal: Principal = Depends(authorize)) -> Response:
+        """Embeddings, passed to the upstream as sent (the audit keeps the input, not the vectors)."""
+        gw = gateway(request)
+        call: Call = request.state.call
+        dump = body.model_dump(exclude_unset=True)
+        call.prompt, call.params = dump.pop("input"), dump
+        if not getattr(gw.backend, "passthrough", False):
+            raise _unsupported_endpoint(request)
+        result = await gw.backend.embeddings(body)
+        return await _respond(gw, call, result, False, "embeddings")
+
+    return v1
 
 
 @ops.get("/health")

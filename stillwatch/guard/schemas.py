@@ -1,6 +1,12 @@
 """OpenAI API schemas: what clients send and what the gateway answers (API shapes only, never ORM tables).
 
-Requests are strict: an unknown field is a 400 that names it, as OpenAI does, so a typo never passes silently.
+Two request dialects, one per kind of backend:
+- the local backend's requests are strict: an unknown field is a 400 that names it, as OpenAI does, so a typo
+  never passes silently, and a field OpenAI knows but a model in process cannot honour (`tools`) is a 400
+  that says so;
+- pass-through requests (`--upstream`) check only what the guard itself needs (the model, the messages or
+  input for the audit, `n` and the token limits for quotas, `stream`) and keep every other field as sent:
+  the upstream judges them, and the body reaches it unchanged.
 Responses are documented here for the OpenAPI document but built as plain dicts on the hot path.
 """
 
@@ -33,6 +39,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class Passthrough(BaseModel):
+    """Checks the fields the guard reads, keeps the rest as sent (`model_dump(exclude_unset=True)` gives the
+    body back, explicit nulls included)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+# Fields of OpenAI's generation endpoints that a model served in process cannot honour: a 400 that says so
+# (and points at --upstream), not "unrecognized argument", which would read like a typo.
+UPSTREAM_ONLY_PARAMS = frozenset({
+    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "audio", "modalities",
+    "prediction", "store", "metadata", "reasoning_effort", "service_tier", "web_search_options", "verbosity",
+    "prompt_cache_key", "safety_identifier", "top_k", "min_p", "repetition_penalty",
+})
+
+
 class TextPart(Strict):
     """One text part of a message's content (images and audio are not served)."""
 
@@ -56,6 +78,13 @@ class ChatMessage(Strict):
         return "".join(part.text for part in self.content)
 
 
+class ResponseFormat(Strict):
+    """`response_format`: the local backend honours "text"; the JSON modes are refused by name."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class StreamOptions(Strict):
     """Streaming options: a final chunk with usage when `include_usage` is true."""
 
@@ -74,9 +103,12 @@ class _Sampling(Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: Text | None = Field(None, max_length=256)
-    # Accepted only at their neutral values, so clients that always send them keep working.
-    frequency_penalty: float | None = Field(None, ge=0, le=0)
-    presence_penalty: float | None = Field(None, ge=0, le=0)
+    # OpenAI's additive penalties over the tokens generated so far (see guard/sampling.py).
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    # Token id (as a string) -> bias added to its logit; -100 bans a token, 100 forces it.
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")],
+                     Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=1024)
     # vLLM's extension, which OpenAITeacher asks for: tokens spelled "token_id:N".
     return_tokens_as_token_ids: bool | None = None
 
@@ -95,6 +127,8 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # {"type": "text"} is what every model does; JSON modes need a model that can be held to them.
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -106,6 +140,62 @@ class CompletionRequest(_Sampling):
     echo: bool | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: None = None
+
+
+# ---- Pass-through requests (--upstream) ----
+
+class PassthroughStreamOptions(Passthrough):
+    include_usage: bool | None = None
+
+
+class PassthroughMessage(Passthrough):
+    """Any chat message: tool results, images, audio, refusals and tool calls pass as sent."""
+
+    role: Text = Field(max_length=64)
+    content: Any = None
+
+
+class _PassthroughGeneration(Passthrough):
+    model: Text = Field(max_length=256)
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = None
+    stream_options: PassthroughStreamOptions | None = None
+
+
+class PassthroughChatRequest(_PassthroughGeneration):
+    """`POST /v1/chat/completions` to an upstream: every field the client sends goes on unchanged."""
+
+    # Agent conversations grow long; the body cap (max_body_bytes) bounds them, not a message count.
+    messages: list[PassthroughMessage] = Field(min_length=1, max_length=100_000)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
+
+
+class PassthroughCompletionRequest(_PassthroughGeneration):
+    """`POST /v1/completions` to an upstream."""
+
+    prompt: Any = None
+    max_tokens: int | None = Field(None, ge=0)
+    best_of: int | None = Field(None, ge=1)
+
+
+class ResponsesRequest(Passthrough):
+    """`POST /v1/responses` (the Responses API), passed to an upstream unchanged."""
+
+    model: Text = Field(max_length=256)
+    input: Any = None
+    instructions: Any = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    stream: bool | None = None
+
+
+class EmbeddingsRequest(Passthrough):
+    """`POST /v1/embeddings`, passed to an upstream unchanged."""
+
+    model: Text = Field(max_length=256)
+    input: Any
 
 
 # ---- Responses (documentation; the routes build the same shapes as dicts) ----

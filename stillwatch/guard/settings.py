@@ -47,7 +47,10 @@ class GuardSettings(BaseSettings):
     # cannot make the gateway buffer without limit. Echo scoring with top-20 logprobs needs a few MB.
     max_upstream_bytes: int = Field(64_000_000, ge=1)
     max_n: int = 8
-    max_tokens_limit: int = 512
+    # The most completion tokens one request may ask for (max_tokens, max_completion_tokens,
+    # max_output_tokens; 400 beyond). Real models answer in thousands of tokens; the local backend is also
+    # bound by its context, and a request without max_tokens gets the room its context leaves.
+    max_tokens_limit: int = Field(32_768, ge=1)
     store_prompts: bool = True
     # A refused request keeps this many characters of its prompt, and the SHA-256 of all of it.
     rejected_prompt_chars: int = Field(2000, ge=0)
