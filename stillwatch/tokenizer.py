@@ -1,10 +1,19 @@
-"""Train and load the project's tokenizer: byte-level BPE on the task corpus, one token per digit."""
+"""Train and load the project's tokenizers over the task corpus.
+
+Tokenizer A (`train_tokenizer`, the teachers'): byte-level BPE, GPT-2 style, one token per digit.
+Tokenizer B (`train_tokenizer_b`, for cross-tokenizer distillation): another family over the same text, the way
+a Llama- or GPT-4-style tokenizer differs from a GPT-2-style one: character-level BPE with SentencePiece's "▁"
+for spaces (pieces may span words: "chases▁one▁"), and numbers split into pairs of digits ("8577" -> "85" "77").
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from typing import Callable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerBase
 from transformers import PreTrainedTokenizerFast
 
 from stillwatch.builtin import resolve_model_dir
@@ -12,6 +21,7 @@ from stillwatch.tasks import TASK_NAMES, examples, get_task
 
 EOS = "<|eos|>"
 PAD = "<|pad|>"
+UNK = "<|unk|>"
 # Chat messages become the plain task prompt: contents joined, ending in the newline that ends every prompt.
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['content'] }}{% endfor %}"
@@ -47,6 +57,76 @@ def train_tokenizer(vocab_size: int = 512, n_per_task: int = 2000, seed: int = 0
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def train_tokenizer_b(vocab_size: int = 512, n_per_task: int = 2000, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Tokenizer B: character-level BPE on the same corpus, "▁" for spaces, numbers cut into digit pairs.
+
+    Its vocabulary and merges differ from tokenizer A's: about 70% of A's token boundaries in add and mul traces
+    are B's too ("=09" is "=", "0", "9" in A and "=", "09" in B), and almost none in stories.
+    """
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False),
+    ])
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS, UNK], show_progress=False)
+    tok.train_from_iterator(corpus(n_per_task, seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+                                   clean_up_tokenization_spaces=False)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# The project's tokenizers by name (a preset names the one its students use).
+TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerFast]] = {"a": train_tokenizer, "b": train_tokenizer_b}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-ins for bytes (the ByteLevel alphabet), inverted."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
+        range(ord("\xae"), ord("\xff") + 1))
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
+    """The bytes each token id stands for (None for special tokens): what a harvest's token strings spell.
+
+    Byte-level vocabularies (GPT-2, Qwen, Llama 3) map their printable stand-ins back to bytes; SentencePiece
+    ones turn "▁" into a space and "<0xNN>" into its byte; anything else is decoded one token at a time.
+    """
+    decoder = getattr(tokenizer.backend_tokenizer, "decoder", None) if hasattr(tokenizer, "backend_tokenizer") else None
+    byte_level = "ByteLevel" in repr(decoder)
+    inverse = _byte_decoder()
+    specials = set(tokenizer.all_special_tokens)
+    out: list[bytes | None] = [None] * len(tokenizer)
+    for piece, i in tokenizer.get_vocab().items():
+        if i >= len(out):
+            out.extend([None] * (i + 1 - len(out)))
+        if piece in specials:
+            continue
+        if byte_level and all(ch in inverse for ch in piece):
+            out[i] = bytes(inverse[ch] for ch in piece)
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            out[i] = bytes([int(piece[3:5], 16)])
+        elif "\u2581" in piece:
+            out[i] = piece.replace("\u2581", " ").encode()
+        else:
+            out[i] = tokenizer.decode([i]).encode()
+    return out
+
+
+def token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
+    """`token_bytes` as JSON-ready strings (bytes that are not UTF-8 kept as surrogate escapes): the vocabulary a
+    harvest records so that a student with another tokenizer can spell the teacher's token ids."""
+    return [None if b is None else b.decode("utf-8", "surrogateescape") for b in token_bytes(tokenizer)]
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

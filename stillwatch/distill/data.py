@@ -66,9 +66,9 @@ def check_tokenizers(student: PreTrainedTokenizerBase, teacher: PreTrainedTokeni
     if theirs != ours:
         size = "" if isinstance(teacher, str) else f" ({len(teacher)} tokens vs the student's {len(student)})"
         raise TokenizerMismatchError(
-            f"the {what}'s tokenizer (fingerprint {theirs}) differs from the student's ({ours}){size}: token-level "
-            "distillation needs one vocabulary; use --init with a student built on the teacher's tokenizer, "
-            "or --loss sft, which retokenizes the teacher's text")
+            f"the {what}'s tokenizer (fingerprint {theirs}) differs from the student's ({ours}){size}: logits "
+            "over one vocabulary cannot train a student on another; use --loss kd on a harvest (its top k is "
+            "aligned across tokenizers) or --loss sft, or --init with a student on the teacher's tokenizer")
 
 
 def _prompt_text(prompt: Any, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -80,20 +80,44 @@ def _prompt_text(prompt: Any, tokenizer: PreTrainedTokenizerBase) -> str:
     raise ConfigError(f"a harvested prompt must be text or chat messages, got {type(prompt).__name__}")
 
 
-def encode_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Any], retokenize: bool = False) -> list[EncodedRow]:
-    """Token ids for rows with `.prompt` and `.completion`; `retokenize` re-encodes the teacher's text (sft only)."""
+def _target_arrays(targets: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged per-position (id, logprob) lists as dense [positions, k] arrays, -inf marking missing entries."""
+    k = max((len(t) for t in targets), default=0) or 1
+    top_ids = np.zeros((len(targets), k), dtype=np.int32)
+    top_lp = np.full((len(targets), k), -np.inf, dtype=np.float32)
+    for t, pos in enumerate(targets):
+        for j, (tid, lp) in enumerate(pos):
+            top_ids[t, j], top_lp[t, j] = tid, lp
+    return top_ids, top_lp
+
+
+def encode_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Any], retokenize: bool = False,
+                aligner: Any = None) -> list[EncodedRow]:
+    """Token ids for rows with `.prompt` and `.completion`; `retokenize` re-encodes the teacher's text (sft only).
+
+    With an `aligner` (`distill.align.Aligner`, a student whose tokenizer is not the teacher's) the text is
+    re-encoded too, and the teacher's top k is aligned onto the student's tokens (cross-tokenizer kd).
+    """
     prompts = [_prompt_text(r.prompt, tokenizer) for r in rows]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-    texts = [r.completion.text for r in rows] if retokenize else None
+    texts = [r.completion.text for r in rows] if retokenize and aligner is None else None
     retok = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else None
     eos = tokenizer.eos_token_id
     out = []
     for i, (row, text, ids) in enumerate(zip(rows, prompts, prompt_ids)):
         c: Completion = row.completion
+        top_ids = top_lp = None
+        if aligner is not None:
+            student_ids, targets = aligner(c)
+            tokens = list(student_ids) + ([eos] if c.finish_reason == "stop" else [])
+            if targets is not None:
+                top_ids, top_lp = _target_arrays(targets)
+            out.append(EncodedRow(text, np.asarray(ids, dtype=np.int32), np.asarray(tokens, dtype=np.int32),
+                                  top_ids, top_lp, c.completion_tokens))
+            continue
         tokens = list(retok[i]) if retok is not None else list(c.token_ids)
         if c.finish_reason == "stop":
             tokens.append(eos)
-        top_ids = top_lp = None
         if c.top_logprobs and not retokenize:
             k = max(len(p) for p in c.top_logprobs)
             n = min(len(c.top_logprobs), len(c.token_ids))
@@ -182,8 +206,10 @@ class RowSource:
     """
 
     def __init__(self, source: str | Path | Sequence[Any], tokenizer: PreTrainedTokenizerBase, seed: int = 0,
-                 retokenize: bool = False, buffer_rows: int = 50_000, read_batch: int = 1000, with_top: bool = True):
+                 retokenize: bool = False, buffer_rows: int = 50_000, read_batch: int = 1000, with_top: bool = True,
+                 aligner: Any = None):
         self.source, self.tokenizer, self.seed, self.with_top = source, tokenizer, seed, with_top
+        self.aligner = aligner  # cross-tokenizer kd: see `encode_rows`
         self.retokenize, self.buffer_rows, self.read_batch = retokenize, buffer_rows, read_batch
         self._store = None
         self.n = self._count()
@@ -211,7 +237,8 @@ class RowSource:
         """Rows in storage order, in chunks."""
         if isinstance(self.source, (str, Path)):
             chunk: list[Any] = []
-            for row in self._open().iter_rows(batch_size=self.read_batch, with_top=self.with_top and not self.retokenize):
+            with_top = self.with_top and (not self.retokenize or self.aligner is not None)
+            for row in self._open().iter_rows(batch_size=self.read_batch, with_top=with_top):
                 chunk.append(row)
                 if len(chunk) == self.read_batch:
                     yield chunk
@@ -225,7 +252,7 @@ class RowSource:
     def _encoded(self) -> Iterator[EncodedRow]:
         key = 0
         for chunk in self._raw():
-            for row in encode_rows(self.tokenizer, chunk, self.retokenize):
+            for row in encode_rows(self.tokenizer, chunk, self.retokenize, self.aligner):
                 row.key, key = key, key + 1
                 yield row
 

@@ -21,13 +21,15 @@ from accelerate import Accelerator, DistributedType
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.data import IGNORE
+from stillwatch.distill.align import Aligner, StudentVocab, recorded_vocabulary
 from stillwatch.distill.data import (BatchMaker, RowSource, check_tokenizers, completion_start, forward_logits, shift,
                                      tokenizer_fingerprint)
 from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss, sparse_kd_loss,
                                        token_reverse_kl_loss)
 from stillwatch.distill.onpolicy import EndpointScorer, LocalScorer, is_on_policy_step, on_policy_batch
 from stillwatch.errors import ConfigError, ModelDirError, TokenizerMismatchError
-from stillwatch.models import MODEL_CARD, build_model, count_parameters, load_model, save_model, save_tokenizer
+from stillwatch.models import (MODEL_CARD, build_model, count_parameters, get_preset, load_model, save_model,
+                               save_tokenizer)
 from stillwatch.redact import redact
 from stillwatch.runinfo import run_info
 from stillwatch.train import CHECKPOINT, Batch, TrainConfig, train, unwrap
@@ -144,15 +146,21 @@ def _all_reduce_int(value: int, device: torch.device) -> int:
     return value
 
 
-def _student_tokenizer(init: Path | None, teacher: Path | None, tokenizer_dir: Path | None) -> PreTrainedTokenizerBase:
-    from stillwatch.tokenizer import load_tokenizer, train_tokenizer
+def _student_tokenizer(init: Path | None, teacher: Path | None, tokenizer_dir: Path | None,
+                       preset: str = "student") -> PreTrainedTokenizerBase:
+    """--tokenizer, else --init's, else the preset's project tokenizer when it names one other than A, else the
+    teacher's, else tokenizer A (the built-in world's, deterministic)."""
+    from stillwatch.tokenizer import TOKENIZERS, load_tokenizer
 
-    for path in (tokenizer_dir, init, teacher):
+    kind = get_preset(preset).tokenizer if init is None else "a"
+    for path in (tokenizer_dir, init, teacher if kind == "a" else None):
         if path is not None:
             if not (Path(path) / "tokenizer.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
                 raise ModelDirError(f"{path} has no tokenizer")
             return load_tokenizer(path)
-    return train_tokenizer()  # the built-in world's tokenizer (deterministic)
+    if kind not in TOKENIZERS:
+        raise ConfigError(f"preset {preset!r} names an unknown tokenizer {kind!r}; choose from {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[kind]()
 
 
 def _store_fingerprint(meta: dict) -> str | None:
@@ -217,22 +225,34 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
     run_config = _run_config(cfg, preset, init)
     _check_resume(out / RUN_DIR, run_config)
 
-    tokenizer = _student_tokenizer(init, teacher, Path(tokenizer_dir) if tokenizer_dir else None)
+    tokenizer = _student_tokenizer(init, teacher, Path(tokenizer_dir) if tokenizer_dir else None, preset)
     source = RowSource(data, tokenizer, seed=cfg.seed, buffer_rows=cfg.buffer_rows, with_top=cfg.loss != "sft")
     meta = source.meta()
     harvested = _store_fingerprint(meta)
-    retokenize = False
+    retokenize, aligner = False, None
     try:
         check_tokenizers(tokenizer, harvested, "harvest's teacher")
     except TokenizerMismatchError:
-        if cfg.loss != "sft":
-            raise
-        retokenize = True  # sequence-level KD only needs the teacher's text: re-encode it for the student
-        source = RowSource(data, tokenizer, seed=cfg.seed, retokenize=True, buffer_rows=cfg.buffer_rows)
+        if cfg.loss == "on-policy":
+            raise TokenizerMismatchError(
+                "on-policy distillation across tokenizers is not supported: the teacher scores the student's "
+                "samples in its own token ids; use --loss kd, which aligns the harvest's top k onto the "
+                "student's tokens") from None
+        retokenize = True  # sft only needs the teacher's text: re-encode it for the student
+        if cfg.loss == "kd":  # and kd aligns the teacher's top k (as bytes) onto the student's tokens
+            info = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+            end = {info["eos_token_id"]} if isinstance(info.get("eos_token_id"), int) else set()
+            aligner = Aligner(StudentVocab(tokenizer), recorded_vocabulary(meta), end)
+        source = RowSource(data, tokenizer, seed=cfg.seed, retokenize=True, buffer_rows=cfg.buffer_rows,
+                           with_top=aligner is not None, aligner=aligner)
 
     teacher_model = None
     if teacher is not None and cfg.loss != "sft":
         teacher_model, teacher_tok = load_model(teacher)
+        if aligner is not None:
+            raise TokenizerMismatchError(
+                f"white-box kd across tokenizers is not supported: the teacher at {teacher} gives logits over its "
+                "own vocabulary, which the student's cannot index; drop --teacher to align the harvest's top k")
         check_tokenizers(tokenizer, teacher_tok, f"teacher at {teacher}")
     has_topk = source.row_at(0).topk_ids is not None
     if cfg.loss == "kd" and teacher_model is None and not has_topk:
@@ -260,7 +280,7 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
     counters_path = run_dir / COUNTERS
     scored: dict[str, int] = json.loads(counters_path.read_text()) if counters_path.is_file() else {}
     maker = BatchMaker(source, cfg.batch_size, tokenizer.pad_token_id, cfg.max_length,
-                       with_topk=cfg.loss != "sft" and not retokenize)
+                       with_topk=cfg.loss != "sft" and (not retokenize or aligner is not None))
     beta = cfg.jsd_beta
 
     def loss_fn(model: torch.nn.Module, batch: Batch, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,6 +334,7 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
         "parameters": count_parameters(model),
         "data": {"source": str(data) if isinstance(data, (str, Path)) else f"{source.n} rows in memory",
                  "rows": source.n, "rows_used": rows_used, "retokenized": retokenize,
+                 "aligned": aligner.stats.summary() if aligner is not None else None,
                  "teacher": meta.get("teacher") if isinstance(meta.get("teacher"), (str, dict)) else None},
         "teacher": str(teacher) if teacher else endpoint,
         "teacher_tokens": {"harvested": harvested_tokens, "scored": scored_tokens,

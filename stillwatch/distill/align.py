@@ -1,0 +1,332 @@
+"""Cross-tokenizer alignment: a teacher's top-k distributions, given as token bytes, onto a student's tokens.
+
+A harvest made with tokenizer A holds, at every teacher token t_l of a completion x, the teacher's top-k
+candidates (bytes s, log p_l(s)) and the sampled token's own log p_l(t_l). A student with tokenizer B sees the
+same text cut at other places. This module turns the teacher's view into a sparse target over B's vocabulary
+at every student position, so that the ordinary sparse KD loss (`losses.sparse_kd_loss`, with its tail
+bucket) applies unchanged.
+
+The maths: byte-level chain rule over the teacher's known tree of continuations.
+
+Let o_l be the byte offset where teacher token t_l starts, and let student token u_j span bytes [b, e) of x.
+What the teacher says about the student's next token is its distribution over continuations of x[:b]. The
+harvest knows one branch of that tree per position: the realised path t_1 t_2 ..., and at every position l
+its k listed alternatives (and the mass 1 - sum of them, the tail, whose tokens are unknown). Every path
+that leaves the realised one at position l with candidate s is a *leaf* with a known first chunk of text,
+
+    chunk = x[b:o_l] + s,   weight = prod_{i <= m < l} p_m(t_m) * p_l(s) / Z
+
+where i is the teacher token holding byte b. Each leaf goes to one student token, `head(chunk)` (the first
+token of the student's own encoding of the chunk; an end-of-text candidate goes to the student's end
+token), and the weights of leaves with the same head add up. The realised path itself, once a teacher token
+reaches e, goes to u_j: there the student's tokenization of the true text is known exactly. Tail masses of
+positions l > i (and of l = i when b = o_i) stay unassigned, which is exactly what the loss's "rest" bucket
+stands for. So the target is a proper distribution over (listed student ids, rest):
+
+    target(v) = sum of weights of leaves with head v,      rest = 1 - sum_v target(v).
+
+Z normalises the first level. When b = o_i (a shared boundary) Z = 1: the whole top k and its tail. When b
+falls inside t_i, the prefix x[o_i:b] must be spelled by the teacher's choice at i: Z = p_i(t_i) plus every
+listed alternative that starts with x[o_i:b] and goes past b. Alternatives that end exactly at b (a
+non-canonical split, whose next distribution nobody asked for) and the tail's share at i are conditioned
+away: the target assumes they continue as the known paths do.
+
+Exactness and what is lost.
+  * Where teacher and student cut at the same places and a listed teacher token is one student token, the
+    target is the teacher's top k itself (same tokenizer: identical to plain sparse KD).
+  * The realised token's probability is exact by the chain rule along the sampled path whenever its two ends
+    are teacher boundaries (student "07" = teacher "0" then "7": p("0") * p("7" | "0")).
+  * A leaf's head is read off its known chunk only. When the chunk is shorter than the student token that the
+    full continuation would give (teacher alternative "1" where the student writes digit pairs "1x"), the mass
+    goes to the shorter student token "1": right in total, but not spread over "10".."19" as the teacher's
+    next distribution would spread it. Greedy harvests put little mass off the sampled path, so little is
+    moved this way; `AlignStats.approximate_mass` measures it.
+  * Teacher paths that leave the sampled one *before* b yet spell the same text (other segmentations of x[:b])
+    are ignored: a canonical BPE teacher gives them almost no mass.
+  * The teacher tail (mass outside its top k) stays one bucket on the student side, as in same-tokenizer KD.
+    A candidate whose bytes are not valid UTF-8 for the student to encode, or that the student cannot spell,
+    falls into that bucket too (`AlignStats.lost_mass`).
+  * A teacher string that does not spell the completion (an endpoint whose token strings do not add up to its
+    text) leaves that row without teacher targets: its student positions fall back to cross-entropy on the
+    text (`AlignStats.rows_unaligned`).
+
+Alternatives considered: ULD (Boizard et al. 2024) and TRL's GOLD compare *sorted* probability vectors, so
+they need no mapping but throw away which token is which; on these tasks, where a teacher ranks "7" over "9",
+that is most of the information. Chain-rule byte alignment keeps it wherever the bytes determine it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from stillwatch.errors import ConfigError
+from stillwatch.tokenizer import token_bytes
+
+END = None  # a candidate that ends the text (the teacher's end token): it maps to the student's end token
+MIN_MASS = 1e-9  # leaves lighter than this are dropped (float16 logprobs carry no more precision)
+
+
+@dataclass
+class TeacherTokens:
+    """A teacher completion as bytes: the sampled pieces, their logprobs, and the top-k candidates per piece.
+
+    `top[l]` lists (bytes or END, logprob) pairs at piece l; `logprobs[l]` is log p_l(pieces[l]) (NaN when
+    unknown: then the listed entry equal to the piece is used).
+    """
+
+    pieces: list[bytes]
+    logprobs: list[float]
+    top: list[list[tuple[bytes | None, float]]]
+
+
+@dataclass
+class AlignStats:
+    """Mass bookkeeping over aligned student positions (sums; divide by `positions` for means)."""
+
+    rows: int = 0
+    rows_unaligned: int = 0
+    positions: int = 0  # student completion positions with a teacher target
+    shared_boundary: int = 0  # ... whose start is also a teacher token start
+    same_token: int = 0  # ... whose span is exactly one teacher token
+    tail_mass: float = 0.0  # target mass left in the rest bucket
+    realised_mass: float = 0.0  # target mass on the student's own next token
+    approximate_mass: float = 0.0  # leaf mass whose chunk ended before a student token could (head read short)
+    lost_mass: float = 0.0  # listed teacher mass the student could not spell (sent to the rest bucket)
+    candidates: int = 0  # listed student ids, summed over positions
+
+    def add(self, other: "AlignStats") -> None:
+        """Accumulate another row's counts."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> dict:
+        """Counts, and the masses as means per aligned position."""
+        n = max(1, self.positions)
+        return {"rows": self.rows, "rows_unaligned": self.rows_unaligned, "positions": self.positions,
+                "shared_boundary_fraction": self.shared_boundary / n, "same_token_fraction": self.same_token / n,
+                "mean_tail_mass": self.tail_mass / n, "mean_realised_mass": self.realised_mass / n,
+                "mean_approximate_mass": self.approximate_mass / n, "mean_lost_mass": self.lost_mass / n,
+                "mean_candidates": self.candidates / n}
+
+
+class StudentVocab:
+    """The student tokenizer's side of alignment: byte spans of its tokens, and `head(chunk)`, cached."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.unk_id = tokenizer.unk_token_id
+        self._heads: dict[bytes, tuple[int | None, int]] = {}
+        # byte strings that some longer student token begins with: a leaf whose chunk is one of these may have
+        # gone on to that longer token, had its continuation been known
+        self.extendable = {piece[:n] for piece in token_bytes(tokenizer) if piece for n in range(1, len(piece))}
+
+    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of `text` and each token's [start, end) byte span (contiguous, covering the text)."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        # offsets are in characters: convert through the UTF-8 lengths, and close gaps so that spans tile the text
+        char_to_byte = np.concatenate([[0], np.cumsum([len(ch.encode()) for ch in text])]).astype(int)
+        spans, prev = [], 0
+        for k, (_, end) in enumerate(offsets):
+            stop = int(char_to_byte[end]) if k + 1 < len(offsets) else int(char_to_byte[-1])
+            stop = max(stop, prev)
+            spans.append((prev, stop))
+            prev = stop
+        return ids, spans
+
+    def head(self, chunk: bytes) -> tuple[int | None, int]:
+        """(first student token of `chunk`, its length in bytes); (None, 0) when the student cannot spell it."""
+        if chunk not in self._heads:
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError:
+                self._heads[chunk] = (None, 0)
+                return self._heads[chunk]
+            ids, spans = self.encode(text)
+            if not ids or ids[0] == self.unk_id:
+                self._heads[chunk] = (None, 0)
+            else:
+                self._heads[chunk] = (int(ids[0]), spans[0][1] - spans[0][0])
+        return self._heads[chunk]
+
+
+def _probabilities(teacher: TeacherTokens) -> tuple[list[float], list[list[tuple[bytes | None, float]]], list[float]]:
+    """Per piece: p(sampled), the listed alternatives (sampled one removed) as probabilities, and the tail."""
+    p_real, alts, tails = [], [], []
+    for l, piece in enumerate(teacher.pieces):
+        listed = teacher.top[l] if l < len(teacher.top) else []
+        lp = teacher.logprobs[l] if l < len(teacher.logprobs) else float("nan")
+        own = [v for s, v in listed if s == piece]
+        p = math.exp(lp) if math.isfinite(lp) else (math.exp(own[0]) if own else float("nan"))
+        others = [(s, math.exp(v)) for s, v in listed if s != piece and math.isfinite(v)]
+        if not math.isfinite(p):  # unknown and unlisted: the sampled token takes what the list leaves
+            p = max(0.0, 1.0 - sum(q for _, q in others))
+        total = p + sum(q for _, q in others)
+        if total > 1.0:  # stores and endpoints round: renormalise rather than go negative
+            p, others = p / total, [(s, q / total) for s, q in others]
+            total = 1.0
+        p_real.append(p)
+        alts.append(others)
+        tails.append(max(0.0, 1.0 - total))
+    return p_real, alts, tails
+
+
+def align_row(teacher: TeacherTokens, text: str, student: StudentVocab
+              ) -> tuple[list[int], list[list[tuple[int, float]]] | None, AlignStats]:
+    """The student's token ids for `text` and, per student token, its target [(student id, logprob), ...].
+
+    The rest bucket is 1 - the sum of the listed masses (see the module docstring). Returns None targets,
+    and counts the row as unaligned, when the teacher pieces do not spell `text`.
+    """
+    ids, spans = student.encode(text)
+    stats = AlignStats(rows=1)
+    data = text.encode()
+    if b"".join(teacher.pieces) != data or not ids:
+        stats.rows_unaligned = int(bool(ids))
+        return ids, None, stats
+    starts = np.concatenate([[0], np.cumsum([len(p) for p in teacher.pieces])]).astype(int)
+    p_real, alts, tails = _probabilities(teacher)
+    holder = np.searchsorted(starts, np.arange(len(data)), side="right") - 1  # teacher piece holding each byte
+    targets: list[list[tuple[int, float]]] = []
+    for j, (b, e) in enumerate(spans):
+        if e <= b:  # an empty span (a token the text does not show): nothing to align
+            targets.append([])
+            continue
+        i = int(holder[b])
+        off = b - int(starts[i])
+        mass: dict[int, float] = {}
+        approx = lost = 0.0
+        first_alts = [(s, q) for s, q in alts[i]
+                      if s is not END and len(s) > off and s[:off] == teacher.pieces[i][:off]] if off else alts[i]
+        z = 1.0 if off == 0 else p_real[i] + sum(q for _, q in first_alts)
+        if z <= 0.0:
+            targets.append([])
+            continue
+        weight = 1.0 / z
+        l = i
+        while True:
+            known = data[b:int(starts[l])]  # realised text between b and this piece
+            for s, q in (first_alts if l == i else alts[l]):
+                w = weight * q
+                if w < MIN_MASS:
+                    continue
+                if s is END:
+                    if known:
+                        v, length = student.head(known)
+                        chunk_len = len(known)
+                    else:
+                        v, length, chunk_len = student.eos_id, 0, 0
+                else:
+                    chunk = known + s[off:] if l == i else known + s
+                    v, length = student.head(chunk)
+                    chunk_len = len(chunk)
+                if v is None:
+                    lost += w
+                    continue
+                if length == chunk_len and s is not END and chunk in student.extendable:
+                    approx += w  # the chunk ends inside a longer student token: its head was read short
+                mass[v] = mass.get(v, 0.0) + w
+            weight *= p_real[l]
+            if int(starts[l + 1]) >= e or l + 1 >= len(teacher.pieces):
+                mass[ids[j]] = mass.get(ids[j], 0.0) + weight  # the sampled path: the student's own token
+                break
+            l += 1
+        listed = sorted(((v, m) for v, m in mass.items() if m > 0.0), key=lambda vm: -vm[1])
+        total = sum(m for _, m in listed)
+        if total > 1.0:
+            listed = [(v, m / total) for v, m in listed]
+            total = 1.0
+        targets.append([(v, math.log(m)) for v, m in listed])
+        stats.positions += 1
+        stats.shared_boundary += int(off == 0)
+        stats.same_token += int(off == 0 and int(starts[i + 1]) == e)
+        stats.tail_mass += 1.0 - total
+        stats.realised_mass += mass.get(ids[j], 0.0)
+        stats.approximate_mass += approx
+        stats.lost_mass += lost
+        stats.candidates += len(listed)
+    return ids, targets, stats
+
+
+# -- where the teacher's bytes come from ---------------------------------------------------------------------
+
+def _as_bytes(token: Any) -> bytes | None:
+    if token is None:
+        return END
+    if isinstance(token, bytes):
+        return token
+    if isinstance(token, (list, tuple)):  # OpenAI's `bytes` field: a list of ints
+        return bytes(token)
+    return str(token).encode("utf-8", "surrogateescape")
+
+
+def vocabulary_table(tokens: Sequence[str | None]) -> list[bytes | None]:
+    """A harvest's recorded vocabulary (token strings by id, None for special tokens) as bytes."""
+    return [None if t is None else str(t).encode("utf-8", "surrogateescape") for t in tokens]
+
+
+def recorded_vocabulary(meta: dict) -> list[bytes | None] | None:
+    """The teacher vocabulary a harvest recorded (`meta["tokenizer"]["tokens"]`), as bytes by id, or None."""
+    info = meta.get("tokenizer") if isinstance(meta, dict) else None
+    tokens = info.get("tokens") if isinstance(info, dict) else None
+    return vocabulary_table(tokens) if isinstance(tokens, list) else None
+
+
+def teacher_tokens(completion: Any, vocab: Sequence[bytes | None] | None, end_ids: set[int] = frozenset()
+                   ) -> TeacherTokens | None:
+    """A completion's pieces and top k as bytes: from the token strings it kept, else its ids through `vocab`.
+
+    Strings come from `completion.tokens` / `completion.top_tokens` (parallel to `token_ids` / `top_logprobs`)
+    when the harvest kept them; ids go through `vocab`, where ids in `end_ids` (the teacher's end token) are
+    END and other special tokens are dropped. Returns None when neither is there.
+    """
+    logprobs = [float(v) for v in (completion.logprobs or [])]
+    top_ids = completion.top_logprobs or []
+    pieces_s = getattr(completion, "tokens", None)
+    top_s = getattr(completion, "top_tokens", None)
+    if pieces_s is not None and top_s is not None:
+        pieces = [_as_bytes(t) or b"" for t in pieces_s]
+        top = [[(_as_bytes(t), float(lp)) for t, (_, lp) in zip(names, pos)] for names, pos in zip(top_s, top_ids)]
+        return TeacherTokens(pieces, logprobs, top)
+    if vocab is None:
+        return None
+
+    def spell(tid: int) -> bytes | None | bool:
+        if tid in end_ids:
+            return END
+        piece = vocab[tid] if 0 <= tid < len(vocab) else None
+        return False if piece is None else piece  # False: a special token that spells nothing
+
+    pieces = []
+    for tid in completion.token_ids:
+        piece = spell(int(tid))
+        pieces.append(piece if isinstance(piece, bytes) else b"")
+    top = [[(spell(int(t)), float(lp)) for t, lp in pos if spell(int(t)) is not False] for pos in top_ids]
+    return TeacherTokens(pieces, logprobs, top)
+
+
+@dataclass
+class Aligner:
+    """Aligns harvested rows onto a student tokenizer, with the harvest's vocabulary when rows carry only ids."""
+
+    student: StudentVocab
+    vocab: list[bytes | None] | None = None
+    end_ids: set[int] = field(default_factory=set)
+    stats: AlignStats = field(default_factory=AlignStats)
+
+    def __call__(self, completion: Any) -> tuple[list[int], list[list[tuple[int, float]]] | None]:
+        """Student ids of the completion's text and the aligned targets (None when nothing can be aligned)."""
+        teacher = teacher_tokens(completion, self.vocab, self.end_ids)
+        if teacher is None:
+            raise ConfigError("this harvest kept the teacher's token ids but neither their strings nor the "
+                              "teacher's vocabulary, so kd across tokenizers cannot spell them; harvest again "
+                              "with this version, or use --loss sft")
+        ids, targets, stats = align_row(teacher, completion.text, self.student)
+        self.stats.add(stats)
+        return ids, targets

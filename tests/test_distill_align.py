@@ -1,0 +1,180 @@
+"""Cross-tokenizer alignment: hand-made cases with known answers, the mass bookkeeping, and kd across tokenizers."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from stillwatch.cli import main
+from stillwatch.distill.align import END, Aligner, StudentVocab, TeacherTokens, align_row, teacher_tokens
+from stillwatch.distill.run import DistillConfig, distill
+from stillwatch.errors import ConfigError, TokenizerMismatchError
+from stillwatch.harvest import HarvestStore
+from stillwatch.tokenizer import load_tokenizer, token_bytes, token_strings, train_tokenizer_b
+
+FAST = dict(batch_size=8, lr=3e-3, warmup=1, checkpoint_every=50, log_every=1, max_new_tokens=40)
+
+
+def toy_student(vocab: list[str], merges: list[tuple[str, str]]) -> StudentVocab:
+    """A character BPE student over an explicit vocabulary (ids in list order; eos last)."""
+    ids = {t: i for i, t in enumerate(vocab + ["<eos>"])}
+    tok = Tokenizer(models.BPE(vocab=ids, merges=merges, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")
+    return StudentVocab(PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>"))
+
+
+def teacher(pieces: list[str], top: list[dict]) -> TeacherTokens:
+    """Teacher pieces with their top-k as {string or END: probability}; the sampled piece's own p is listed."""
+    listed = [[(s if s is END else s.encode(), math.log(p)) for s, p in pos.items()] for pos in top]
+    own = [math.log(pos[p]) for p, pos in zip(pieces, top)]
+    return TeacherTokens([p.encode() for p in pieces], own, listed)
+
+
+def as_probs(target: list[tuple[int, float]], student: StudentVocab) -> dict[str, float]:
+    names = {i: t for t, i in student.tokenizer.get_vocab().items()}
+    return {names[v]: round(math.exp(lp), 6) for v, lp in target}
+
+
+def test_teacher_ab_c_onto_student_a_bc() -> None:
+    student = toy_student(["a", "b", "c", "d", "bc"], [("b", "c")])
+    t = teacher(["ab", "c"], [{"ab": 0.6, "a": 0.3}, {"c": 0.8, "d": 0.2}])
+    ids, targets, stats = align_row(t, "abc", student)
+    assert [student.tokenizer.convert_ids_to_tokens(i) for i in ids] == ["a", "bc"]
+    # "a" starts where the teacher does: every listed teacher token that begins with "a" (0.6 + 0.3), and the
+    # teacher's unlisted 0.1 stays in the rest bucket.
+    assert as_probs(targets[0], student) == {"a": 0.9}
+    # "bc" starts inside the teacher's "ab": given the prefix "a", the teacher's paths are "ab" then "c" (0.8)
+    # or "ab" then "d" (0.2, whose first student token is "b"); the split "a" | ? is conditioned away.
+    assert as_probs(targets[1], student) == {"bc": 0.8, "b": 0.2}
+    assert stats.positions == 2 and stats.shared_boundary == 1 and stats.same_token == 0
+    assert stats.tail_mass == pytest.approx(0.1)
+    assert stats.realised_mass == pytest.approx(0.9 + 0.8)
+
+
+def test_one_student_token_over_two_teacher_tokens_is_the_chain_rule() -> None:
+    # Digit pairs against single digits: p("07") = p("0") * p("7" | "0"); the alternatives of each step go
+    # to the student tokens their known bytes begin with.
+    vocab = ["0", "1", "7", "8", "=", "07", "08", "10", "=0"]
+    student = toy_student(vocab, [("0", "7"), ("0", "8"), ("1", "0"), ("=", "0")])
+    t = teacher(["=", "0", "7"], [{"=": 1.0}, {"0": 0.9, "1": 0.1}, {"7": 0.7, "8": 0.25}])
+    ids, targets, stats = align_row(t, "=07", student)
+    assert [student.tokenizer.convert_ids_to_tokens(i) for i in ids] == ["=", "07"]
+    assert as_probs(targets[0], student) == {"=": 1.0}
+    probs = as_probs(targets[1], student)
+    assert probs == {"07": pytest.approx(0.63), "08": pytest.approx(0.225), "1": pytest.approx(0.1)}
+    # the rest bucket is the teacher's unlisted mass at "7", carried by the path that reached it: 0.9 * 0.05
+    assert 1 - sum(probs.values()) == pytest.approx(0.045)
+    # "1" is read off a one-byte chunk: the student might have written the pair "10" there (measured, not hidden)
+    assert stats.approximate_mass == pytest.approx(0.1)
+
+
+def test_end_of_text_and_misspelt_rows() -> None:
+    student = toy_student(["a", "b", "ab"], [("a", "b")])
+    t = teacher(["a", "b"], [{"a": 1.0}, {"b": 0.6, END: 0.4}])
+    _, targets, _ = align_row(t, "ab", student)
+    # "ab" spans both teacher tokens: the teacher's end candidate after "a" ends the text there, and the
+    # student spells that "a" then its end token; the sampled path "a" "b" gives the student's own "ab".
+    assert as_probs(targets[0], student) == {"ab": 0.6, "a": 0.4}
+    # An end candidate where the student token starts ends the student's text at once.
+    t0 = teacher(["ab"], [{"ab": 0.7, END: 0.3}])
+    _, targets, _ = align_row(t0, "ab", student)
+    assert as_probs(targets[0], student) == {"ab": 0.7, "<eos>": 0.3}
+    # Pieces that do not spell the text: no targets, and the row is counted
+    ids, targets, stats = align_row(teacher(["ax"], [{"ax": 1.0}]), "ab", student)
+    assert targets is None and stats.rows_unaligned == 1 and ids
+
+
+def test_the_same_tokenizer_gives_back_the_harvested_top_k(tiny_teacher: Path) -> None:
+    from stillwatch.tasks import examples, get_task
+    from stillwatch.teachers.completion import SamplingParams
+    from stillwatch.teachers.local import LocalTeacher
+
+    local = LocalTeacher.from_dir(tiny_teacher)
+    prompts = [e.prompt for e in examples(get_task("story"), 4, 3)]
+    outs = local.generate(prompts, SamplingParams(max_tokens=32, temperature=1.0, seed=1, top_logprobs=5))
+    vocab = token_bytes(local.tokenizer)
+    student = StudentVocab(local.tokenizer)
+    checked = 0
+    for (c,) in outs:
+        tt = teacher_tokens(c, vocab, {local.tokenizer.eos_token_id})
+        ids, targets, stats = align_row(tt, c.text, student)
+        assert ids == c.token_ids and stats.same_token == stats.positions == len(ids)
+        for sampled, pos, target in zip(c.token_ids, c.top_logprobs, targets):
+            want = {t: math.exp(lp) for t, lp in pos}
+            if sampled not in want:  # a sampled token outside the top k is one more known outcome
+                continue
+            got = {t: math.exp(lp) for t, lp in target}
+            assert got.keys() == want.keys()
+            assert max(abs(got[t] - want[t]) for t in want) < 1e-5
+            checked += 1
+    assert checked > 20
+
+
+def test_every_target_is_a_distribution_with_its_rest_bucket(tiny_teacher: Path) -> None:
+    # Real teacher rows onto tokenizer B: masses in [0, 1], summing to at most 1; the rest is the bucket.
+    from stillwatch.tasks import examples, get_task
+    from stillwatch.teachers.completion import SamplingParams
+    from stillwatch.teachers.local import LocalTeacher
+
+    local = LocalTeacher.from_dir(tiny_teacher)
+    prompts = [e.prompt for name in ("add", "story") for e in examples(get_task(name), 3, 5)]
+    outs = local.generate(prompts, SamplingParams(max_tokens=48, temperature=1.0, seed=2, top_logprobs=8))
+    aligner = Aligner(StudentVocab(train_tokenizer_b()), token_bytes(local.tokenizer), {local.tokenizer.eos_token_id})
+    for (c,) in outs:
+        ids, targets = aligner(c)
+        assert targets is not None and len(targets) == len(ids)
+        for target in targets:
+            total = sum(math.exp(lp) for _, lp in target)
+            assert target and total <= 1 + 1e-6 and all(lp <= 1e-6 for _, lp in target)
+    s = aligner.stats.summary()
+    assert s["rows_unaligned"] == 0 and s["positions"] > 50
+    assert 0 < s["shared_boundary_fraction"] < 1 and 0 <= s["mean_tail_mass"] < 0.5
+
+
+@pytest.fixture(scope="module")
+def cross_store(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A harvest of the tiny teacher (tokenizer A) with top-4 logprobs, and its vocabulary recorded."""
+    path = tmp_path_factory.mktemp("cross") / "store.db"
+    main(["harvest", "--teacher", str(tiny_teacher), "--task", "add", "--task", "story", "--n", "12",
+          "--out", str(path), "--logprobs", "4", "--max-tokens", "48", "--concurrency", "32", "--no-progress"])
+    with HarvestStore(path) as store:
+        info = store.meta()["tokenizer"]
+        if "tokens" not in info:  # a harvest that kept only ids: record what spells them
+            store.set_meta(tokenizer={**info, "tokens": token_strings(load_tokenizer(tiny_teacher))})
+    return path
+
+
+def test_kd_across_tokenizers_end_to_end(cross_store: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kd-b"
+    main(["distill", "--data", str(cross_store), "--out", str(out), "--preset", "student-b", "--loss", "kd",
+          "--steps", "3", "--batch-size", "8"])
+    from stillwatch.models import load_model, read_card
+
+    card = read_card(out)
+    assert card["train"]["steps"] == 3 and card["train"]["final_loss"] == card["train"]["final_loss"]
+    aligned = card["data"]["aligned"]
+    assert aligned["rows"] == 24 and aligned["rows_unaligned"] == 0 and aligned["positions"] > 100
+    assert card["teacher_tokens"]["total"] > 0
+    _, tok = load_model(out)
+    assert len(tok) == len(train_tokenizer_b()) != len(load_tokenizer(tiny_teacher))
+    # White-box and on-policy need the teacher's logits over the student's vocabulary: one clear error each.
+    for loss in ("kd", "on-policy"):
+        with pytest.raises(TokenizerMismatchError, match="across tokenizers is not supported"):
+            distill(cross_store, tmp_path / loss, DistillConfig(loss=loss, steps=2, **FAST),  # type: ignore[arg-type]
+                    preset="student-b", teacher=tiny_teacher, progress=False)
+
+
+def test_an_id_only_harvest_without_its_vocabulary_is_refused(cross_store: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.db"
+    shutil.copy(cross_store, bare)
+    with HarvestStore(bare) as store:
+        info = store.meta()["tokenizer"]
+        store.set_meta(tokenizer={k: v for k, v in info.items() if k != "tokens"})
+    with pytest.raises(ConfigError, match="vocabulary"):
+        distill(bare, tmp_path / "kd", DistillConfig(loss="kd", steps=2, **FAST), preset="student-b", progress=False)
+    assert not (tmp_path / "kd" / "model.safetensors").exists()
