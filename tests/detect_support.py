@@ -53,9 +53,9 @@ class StubBackend:
         return Result(body=body, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                       texts=[text] * n, finished=True)
 
-    async def chat(self, req: Any, degraded: bool) -> Result:
+    async def chat(self, req: Any, degraded: bool, hide_reasoning: bool = False) -> Result:
         return self._result("\n".join(m.text() for m in req.messages), req.n or 1, True)
 
-    async def completions(self, req: Any, degraded: bool) -> Result:
+    async def completions(self, req: Any, degraded: bool, hide_reasoning: bool = False) -> Result:
         prompt = req.prompt if isinstance(req.prompt, str) else str(req.prompt)
         return self._result(prompt, req.n or 1, False)

@@ -149,6 +149,12 @@ class Detector:
                                                           prada=PradaTracker(self.config.prada))
         return state
 
+    def forget(self, account: str) -> None:
+        """Drop everything known about an account (a person cleared it: only new traffic counts)."""
+        state = self.accounts.pop(account, None)
+        if state is not None and state.created is not None:
+            self.created(account, state.created)  # when it was made is not evidence to forget
+
     def observe(self, event: Event) -> None:
         """Take one event into its account's state (O(window) work, no I/O)."""
         state = self._state(event.account)
@@ -160,10 +166,13 @@ class Detector:
             state.vectors.append(vec)
             state.prada.update(vec)
             state.coverage.add(event.prompt)
-            # The classifier is the dearest step: every prompt early on, then one in `elicit_every` (shares hold).
-            if self.elicit_scorer is not None and (state.scored < 64 or state.requests % self.config.elicit_every == 0):
-                state.scored += 1
+            r = event.elicit  # scored once where the record was stored: online and offline agree
+            # Else the classifier is the dearest step: every prompt early on, then one in `elicit_every`.
+            if r is None and self.elicit_scorer is not None and (
+                    state.scored < 64 or state.requests % self.config.elicit_every == 0):
                 r = self.elicit_scorer(event.prompt)
+            if r is not None and self.elicit_scorer is not None:
+                state.scored += 1
                 state.elicit.append({"score": r.get("score", 0.0), "flagged": bool(r.get("flagged")),
                                      "category": r.get("category")})
 

@@ -63,6 +63,8 @@ class Event:
     client_addr: str | None = None
     user_agent: str | None = None
     key_id: str | None = None
+    # The elicitation classifier's scores, when the gateway already stored them with the record.
+    elicit: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,7 +99,17 @@ class Event:
             prompt_tokens=int(row.get("prompt_tokens") or 0), completion_tokens=int(row.get("completion_tokens") or 0),
             status=int(row.get("status") or 200), key_id=row.get("key_id"),
             client_addr=row.get("client_addr") or params.get("client_addr"),
-            user_agent=row.get("user_agent") or params.get("user_agent"))
+            user_agent=row.get("user_agent") or params.get("user_agent"), elicit=_scores(row.get("elicit")))
+
+
+def _scores(value: Any) -> dict[str, Any] | None:
+    """Stored elicitation scores (a dict, or its JSON text); None when there are none or they failed."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) and "score" in value else None
 
 
 def _float(value: Any) -> float | None:

@@ -33,6 +33,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = Field(min_length=1, max_length=100)
     min_requests: int = Field(20, ge=0)
+    throttle_rpm: int = Field(10, ge=1)  # requests per minute a throttled account keeps
     steps: list[Step] = Field(min_length=1)
     fallback: dict[Action, Action] = Field(default_factory=dict)
 

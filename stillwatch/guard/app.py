@@ -54,8 +54,7 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
         await chosen.start()
         await audit.start()
         if detection is not None:
-            await detection.start(chosen)
-            audit.listeners.append(detection.offer)
+            await detection.start(chosen, quotas)
         gw.backend = chosen
         try:
             yield

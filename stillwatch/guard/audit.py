@@ -24,9 +24,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, text, update
 
 from stillwatch.guard.accounts import UnknownAccount
 from stillwatch.guard.db import write_transaction
@@ -152,8 +152,6 @@ class AuditLog:
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0  # commits so far; records / batches = the group-commit factor
         self.records = 0
-        # Called on the event loop with each batch's committed rows (the online detector's feed); cheap only.
-        self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -221,17 +219,10 @@ class AuditLog:
                         items.append(item)
             if not items:
                 continue
-            committed: list[dict[str, Any]] = []
             try:
-                errors = await loop.run_in_executor(self._executor, self._write_entries, [e for e, _ in items],
-                                                    committed)
+                errors = await loop.run_in_executor(self._executor, self._write_entries, [e for e, _ in items])
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failure
                 errors = [exc] * len(items)
-            for listener in self.listeners:
-                try:
-                    listener(committed)
-                except Exception as exc:  # noqa: BLE001 - a listener's fault is never the request's
-                    log.error("audit listener failed: %s", type(exc).__name__)
             for (_, future), error in zip(items, errors, strict=True):
                 if future.done():
                     continue
@@ -240,10 +231,8 @@ class AuditLog:
                 else:
                     future.set_exception(error)
 
-    def _write_entries(self, entries: list[AuditEntry],
-                       committed: list[dict[str, Any]] | None = None) -> list[BaseException | None]:
-        """Build the rows (in the writer's thread) and insert them; an entry that cannot be built fails alone.
-        The rows that were committed are appended to `committed`."""
+    def _write_entries(self, entries: list[AuditEntry]) -> list[BaseException | None]:
+        """Build the rows (in the writer's thread) and insert them; an entry that cannot be built fails alone."""
         rows: list[dict[str, Any] | None] = []
         built: list[BaseException | None] = []
         for entry in entries:
@@ -255,8 +244,6 @@ class AuditLog:
                 built.append(exc)
         good = [row for row in rows if row is not None]
         outcome = self._write(good) if good else []
-        if committed is not None:
-            committed.extend(row for row, error in zip(good, outcome) if error is None)
         written = iter(outcome)
         return [error if row is None else next(written) for row, error in zip(rows, built)]
 
@@ -327,7 +314,7 @@ def _record_dict(row: Any) -> dict[str, Any]:
         "completion_tokens": r["completion_tokens"], "latency_ms": r["latency_ms"],
         "status": r["status"], "decision": r["decision"], "error_code": r["error_code"],
         "purged": r["purged_at"] is not None, "client_addr": r["client_addr"], "user_agent": r["user_agent"],
-        "prev_hash": r["prev_hash"], "record_hash": r["record_hash"],
+        "prev_hash": r["prev_hash"], "record_hash": r["record_hash"], "elicit": r["elicit"],
     }
 
 
@@ -357,21 +344,36 @@ def query(engine: Engine, account: str | None = None, since: datetime | None = N
         return [_record_dict(row) for row in conn.execute(stmt).all()]
 
 
+def served_page(engine: Engine, after_id: int, limit: int = 1000, account: str | None = None,
+                since: datetime | None = None) -> list[dict[str, Any]]:
+    """Up to `limit` records that served a completion, with id above `after_id`, oldest first."""
+    stmt = _select(engine, account, since, None).where(
+        or_(AuditRecord.completion.is_not(None), AuditRecord.completion_sha256.is_not(None)),
+        AuditRecord.status < 400, AuditRecord.id > after_id).order_by(AuditRecord.id).limit(limit)
+    with engine.connect() as conn:
+        return [_record_dict(row) for row in conn.execute(stmt).all()]
+
+
 def iter_served(engine: Engine, account: str | None = None, since: datetime | None = None,
                 chunk: int = 1000) -> Iterator[dict[str, Any]]:
     """Every record that served a completion (oldest first): what `prove` reads as "what went to whom"."""
-    base = _select(engine, account, since, None).where(
-        or_(AuditRecord.completion.is_not(None), AuditRecord.completion_sha256.is_not(None)),
-        AuditRecord.status < 400)
     last = 0
     while True:
-        with engine.connect() as conn:
-            rows = conn.execute(base.where(AuditRecord.id > last).order_by(AuditRecord.id).limit(chunk)).all()
+        rows = served_page(engine, last, chunk, account, since)
         if not rows:
             return
-        for row in rows:
-            yield _record_dict(row)
-        last = rows[-1]._mapping["id"]
+        yield from rows
+        last = rows[-1]["id"]
+
+
+def store_elicit(engine: Engine, scores: dict[int, dict[str, Any] | None]) -> None:
+    """Keep each record's elicitation scores (not part of its hash: they can be recomputed, the record not)."""
+    rows = [{"rid": rid, "scores": value} for rid, value in scores.items() if value is not None]
+    if not rows:
+        return
+    stmt = update(AuditRecord).where(AuditRecord.id == bindparam("rid")).values(elicit=bindparam("scores"))
+    with write_transaction(engine) as conn:
+        conn.execute(stmt, rows)
 
 
 def chain_tail(conn: Connection) -> str:

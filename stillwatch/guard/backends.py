@@ -20,10 +20,12 @@ from stillwatch.guard import render
 from stillwatch.guard.batching import Batcher
 from stillwatch.guard.errors import APIError, bad_request
 from stillwatch.guard.hooks import ForensicsHooks
+from stillwatch.guard.reasoning import add_reasoning_usage, hide_result, task_model, withhold_all
 from stillwatch.guard.replies import RESPONSES_TERMINAL, Kind, check_chunk, outputs_of, usage_of
 from stillwatch.guard.sampling import request_processors
 from stillwatch.guard.schemas import ChatCompletionRequest, CompletionRequest
 from stillwatch.guard.settings import GuardSettings
+from stillwatch.tasks import ANSWER_MARK
 from stillwatch.teachers import Completion, SamplingParams
 
 log = logging.getLogger("stillwatch.guard")
@@ -53,8 +55,9 @@ class Backend(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def models(self) -> dict: ...
-    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result: ...
-    async def completions(self, req: CompletionRequest, degraded: bool) -> Result: ...
+    async def chat(self, req: ChatCompletionRequest, degraded: bool, hide_reasoning: bool = False) -> Result: ...
+    async def completions(self, req: CompletionRequest, degraded: bool,
+                          hide_reasoning: bool = False) -> Result: ...
 
 
 LARGE_BODY = 1_000_000  # bytes of JSON past which parsing goes to a worker thread
@@ -116,6 +119,8 @@ class LocalBackend:
         self.batcher = Batcher(self._run, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
         self._decode_one = lru_cache(maxsize=65536)(lambda tid: self.tok.decode([tid], skip_special_tokens=False))
         self._degraded: tuple[Any, ...] | None = None
+        # A model trained on the built-in tasks ends its trace at the answer mark: what hide_reasoning withholds.
+        self.answer_mark = ANSWER_MARK if task_model(settings.teacher) else None
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -244,7 +249,7 @@ class LocalBackend:
         self._check_chars(len(prompt), "messages")  # the template's own text counts too
         return prompt, len(self._encode(prompt))
 
-    async def chat(self, req: ChatCompletionRequest, degraded: bool) -> Result:
+    async def chat(self, req: ChatCompletionRequest, degraded: bool, hide_reasoning: bool = False) -> Result:
         if req.model != self.name:
             raise model_not_found(req.model)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
@@ -272,11 +277,21 @@ class LocalBackend:
                         texts=[c.text for c in completions])
 
         def build() -> None:  # decoding every token and building logprobs: a worker's job, not the loop's
+            served, hidden = completions, None
+            if hide_reasoning:
+                asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+                served, hidden = withhold_all(completions, asked, self._decode, self.answer_mark)
+                result.texts = [c.text for c in served]
             if req.stream:
-                result.chunks = _aiter(list(render.chat_chunks(rid, self.name, completions, self._decode, spell,
-                                                               bool(req.logprobs), top > 0)), result)
+                chunks = list(render.chat_chunks(rid, self.name, served, self._decode, spell, bool(req.logprobs),
+                                                 top > 0))
+                if hidden is not None:
+                    add_reasoning_usage(chunks[-1]["usage"], hidden, result.completion_tokens)
+                result.chunks = _aiter(chunks, result)
             else:
-                result.body = render.chat_body(rid, self.name, completions, spell, bool(req.logprobs), top > 0)
+                result.body = render.chat_body(rid, self.name, served, spell, bool(req.logprobs), top > 0)
+                if hidden is not None:
+                    add_reasoning_usage(result.body["usage"], hidden, result.completion_tokens)
                 result.raw, result.finished = encode_json(result.body), True
 
         await asyncio.to_thread(build)
@@ -305,7 +320,7 @@ class LocalBackend:
             out.append((text, ids))
         return out
 
-    async def completions(self, req: CompletionRequest, degraded: bool) -> Result:
+    async def completions(self, req: CompletionRequest, degraded: bool, hide_reasoning: bool = False) -> Result:
         if req.model != self.name:
             raise model_not_found(req.model)
         items = [req.prompt] if isinstance(req.prompt, str) or isinstance(req.prompt[0], int) else req.prompt
@@ -342,13 +357,26 @@ class LocalBackend:
                         texts=[c.text for row in generated for c in row if c is not None])
 
         def build() -> None:  # echo with top-k logprobs can make megabytes of JSON: off the event loop
+            served, hidden = generated, None
+            if hide_reasoning and max_tokens > 0:
+                served, hidden = [], 0
+                for (text, _), row in zip(prompts, generated):
+                    kept, dropped = withhold_all([c for c in row if c is not None], text, self._decode,
+                                                 self.answer_mark)
+                    served.append(kept)
+                    hidden += dropped
+                result.texts = [c.text for row in served for c in row]
             choices = [render.text_choice(text if echo else None, scores[i], c, self._decode, spell, k)
-                       for i, (text, _) in enumerate(prompts) for c in generated[i]]
+                       for i, (text, _) in enumerate(prompts) for c in served[i]]
             if req.stream:
-                result.chunks = _aiter(list(render.text_chunks(rid, self.name, choices, prompt_tokens,
-                                                               completion_tokens)), result)
+                chunks = list(render.text_chunks(rid, self.name, choices, prompt_tokens, completion_tokens))
+                if hidden is not None:
+                    add_reasoning_usage(chunks[-1]["usage"], hidden)
+                result.chunks = _aiter(chunks, result)
             else:
                 result.body = render.text_body(rid, self.name, choices, prompt_tokens, completion_tokens)
+                if hidden is not None:
+                    add_reasoning_usage(result.body["usage"], hidden)
                 result.raw, result.finished = encode_json(result.body), True
 
         await asyncio.to_thread(build)
@@ -544,12 +572,15 @@ class ProxyBackend:
             return result
         return self._absorb(kind, result, *await self._exchange("POST", path, body))
 
-    async def chat(self, req: Any, degraded: bool) -> Result:
-        return await self.forward("chat", "/chat/completions", req.model_dump(exclude_unset=True), bool(req.stream))
+    async def chat(self, req: Any, degraded: bool, hide_reasoning: bool = False) -> Result:
+        result = await self.forward("chat", "/chat/completions", req.model_dump(exclude_unset=True),
+                                    bool(req.stream))
+        return hide_result(result) if hide_reasoning else result
 
-    async def completions(self, req: Any, degraded: bool) -> Result:
-        return await self.forward("completions", "/completions", req.model_dump(exclude_unset=True),
-                                  bool(req.stream))
+    async def completions(self, req: Any, degraded: bool, hide_reasoning: bool = False) -> Result:
+        result = await self.forward("completions", "/completions", req.model_dump(exclude_unset=True),
+                                    bool(req.stream))
+        return hide_result(result) if hide_reasoning else result
 
     async def responses(self, req: Any) -> Result:
         return await self.forward("responses", "/responses", req.model_dump(exclude_unset=True), bool(req.stream))

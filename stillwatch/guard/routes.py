@@ -94,8 +94,20 @@ def _unsupported_endpoint(request: Request) -> APIError:
                     code="unsupported_endpoint")
 
 
+def hides_reasoning(principal: Principal | None, settings: Any) -> bool:
+    """Whether this request is served without reasoning: for the whole gateway, or for this account."""
+    return bool(settings.hide_reasoning or (principal is not None and principal.hide_reasoning))
+
+
+def serving_decision(principal: Principal | None, settings: Any) -> str:
+    """The audit's decision for a served request: how it was served."""
+    if principal is not None and principal.degraded:
+        return "degrade"
+    return "hide_reasoning" if hides_reasoning(principal, settings) else "allow"
+
+
 async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool, kind: Kind = "chat") -> Response:
-    decision = "degrade" if call.principal is not None and call.principal.degraded else "allow"
+    decision = serving_decision(call.principal, gw.settings)
     if result.chunks is None:
         try:
             await _finish(gw, call, result, 200, decision)

@@ -66,16 +66,19 @@ class GuardSettings(BaseSettings):
     # from anyone else the header is ignored, since a client can write any address into it.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # Online extraction detection: every committed audit record feeds the detector off the request path,
-    # and the policy's action is applied to accounts whose risk calls for it.
+    # Online extraction detection: the detector follows the audit log off the request path (one replica at a
+    # time on PostgreSQL), and the policy's action is applied to accounts whose risk calls for it.
     detection: bool = True
     # The policy YAML (None: the built-in one shipped with stillwatch.detect).
     policy_file: Path | None = None
-    # Seconds between assessments of the accounts that sent traffic since the last one.
+    # Seconds between the detector's passes over what the audit log gained since the last one.
     detection_interval_s: float = Field(2.0, gt=0)
-    # Audit records waiting for the detector; beyond this the oldest waiting are dropped (and counted), never
-    # the request held up.
-    detection_queue_max: int = Field(10_000, ge=1)
+    # Audit records one pass reads at most; the rest wait for the next pass (the request never waits).
+    detection_batch_max: int = Field(10_000, ge=1)
+    # Records re-read when a detector starts (a restart, or another replica taking over), to rebuild its state.
+    detection_replay_records: int = Field(50_000, ge=0)
+    # Serve every account final answers without their reasoning traces (per account: `accounts hide-reasoning`).
+    hide_reasoning: bool = False
 
     # Local backend batching.
     max_batch: int = 64
