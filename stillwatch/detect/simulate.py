@@ -15,6 +15,11 @@ from stillwatch.detect.traffic import ATTACKERS, HONEST, Planned, plan
 from stillwatch.errors import ConfigError, StillwatchError
 
 
+def _v1(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
 class SimulationError(StillwatchError):
     """The gateway refused the simulator's setup (admin key, account creation) or could not be reached."""
 
@@ -50,19 +55,26 @@ class SimulationConfig:
     model: str | None = None
     prefix: str = "sim"
     timeout: float = 30.0
+    # More replicas of the same gateway: client i talks to (endpoint, *replicas)[i % n], admin calls to endpoint.
+    replicas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.endpoint)
-        if parts.scheme not in ("http", "https") or parts.hostname != "127.0.0.1":
-            raise ConfigError(f"the simulator only drives a gateway on 127.0.0.1, not {self.endpoint!r}")
+        for url in (self.endpoint, *self.replicas):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or parts.hostname != "127.0.0.1":
+                raise ConfigError(f"the simulator only drives a gateway on 127.0.0.1, not {url!r}")
         if self.duration <= 0 or self.max_requests < 1 or self.concurrency < 1:
             raise ConfigError("duration, max_requests and concurrency must be positive")
 
     @property
     def base_url(self) -> str:
         """The /v1 base URL."""
-        url = self.endpoint.rstrip("/")
-        return url if url.endswith("/v1") else url + "/v1"
+        return _v1(self.endpoint)
+
+    def base_url_for(self, index: int) -> str:
+        """The /v1 base URL client number `index` uses."""
+        urls = (self.endpoint, *self.replicas)
+        return _v1(urls[index % len(urls)])
 
     @property
     def admin_url(self) -> str:
@@ -183,7 +195,7 @@ async def run(config: SimulationConfig, admin_key: str | None) -> dict[str, Any]
             api = apis.get(c.account)
             if api is None:
                 api = apis[c.account] = openai.AsyncOpenAI(
-                    api_key=c.key, base_url=config.base_url, http_client=pool, max_retries=0,
+                    api_key=c.key, base_url=config.base_url_for(index[c.account]), http_client=pool, max_retries=0,
                     default_headers={"X-Forwarded-For": c.addr, "User-Agent": f"stillwatch-sim/{c.profile}"})
             budget["left"] -= 1
             async with sem:
@@ -201,6 +213,7 @@ async def run(config: SimulationConfig, admin_key: str | None) -> dict[str, Any]
             else:
                 c.errors += 1
 
+        index = {c.account: i for i, c in enumerate(everyone)}
         jobs = [(p.at, c, p) for c in everyone for p in c.plan]
         jobs.sort(key=lambda j: j[0])
         try:

@@ -317,7 +317,9 @@ async def health(request: Request) -> JSONResponse:
     gw = gateway(request)
     checks = await _checks(gw)
     status = "starting" if gw.backend is None else ("ok" if all(checks.values()) else "degraded")
-    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()}})
+    detector = "off" if gw.detection is None else ("leader" if gw.detection.leader else "standby")
+    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()},
+                         "detector": detector})
 
 
 @ops.get("/ready")
