@@ -22,9 +22,9 @@ app = typer.Typer(
 
 def _register_groups() -> None:
     # Each module adds its own commands; imports stay light so `--help` is quick.
-    from stillwatch.cli import accounts, core, detect, distill, elicit, forensics, harvest, serve
+    from stillwatch.cli import accounts, core, detect, distill, elicit, forensics, harvest, quotas, serve
 
-    for module in (core, harvest, distill, serve, accounts, forensics, elicit, detect):
+    for module in (core, harvest, distill, serve, accounts, quotas, forensics, elicit, detect):
         module.register(app)
 
 
@@ -52,11 +52,18 @@ def _one_line(exc: BaseException, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures and usage errors become one line on stderr and exit code 2;
     Ctrl-C says `interrupted` and exits 130, so `harvest && distill` never carries on with a partial run."""
-    from safetensors import SafetensorError
-    from transformers.utils import logging as hf_logging
+    import os
 
     args = list(sys.argv[1:] if argv is None else argv)
-    hf_logging.disable_progress_bar()  # our own rich bars say what is happening; weight loading needs none
+    # Our own rich bars say what is happening; weight loading needs none. The variable, not transformers'
+    # disable_progress_bar(): importing transformers costs a second of CPU that `keys create` never needs
+    # (transformers reads it when first imported, by whichever command loads a model). Where it is imported
+    # already (the CLI run in process), it is told directly.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         code = app(args=args, standalone_mode=False)
     except StillwatchError as exc:
@@ -67,12 +74,13 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc.format_message().splitlines()[0])
     except (typer.Abort, KeyboardInterrupt):
         fail("interrupted", INTERRUPTED)
-    except SafetensorError as exc:
-        fail(f"cannot read the model weights (is model.safetensors truncated or corrupt?): {_one_line(exc, args)}")
     except OSError as exc:  # an unwritable path, a full disk: the environment's fault, not a bug
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         fail(f"{exc.strerror or _one_line(exc, args)}{where}")
     except Exception as exc:
+        if type(exc).__name__ == "SafetensorError":  # by name: importing safetensors up front is not free
+            fail(f"cannot read the model weights (is model.safetensors truncated or corrupt?): "
+                 f"{_one_line(exc, args)}")
         if type(exc).__module__.split(".")[0] != "sqlalchemy":
             raise  # a bug: the traceback is for us
         from stillwatch.guard.db import describe  # a database that went away or refused mid-command

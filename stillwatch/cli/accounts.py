@@ -61,11 +61,16 @@ def _cell(value: Any) -> Text:
 # --- keys ---------------------------------------------------------------------------------------------
 @keys_app.command("create")
 def keys_create(account: str = typer.Option(..., "--account", help="Account that owns the key (created if new)."),
+                count: int = typer.Option(1, "--count", min=1, max=100_000,
+                                          help="How many keys to make, in one transaction (one per line)."),
                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Create a key and print it on stdout (only there, and only now: it is stored as a hash)."""
-    key_id, raw = _store(db).create_key(account)
-    err.print(f"created key {key_id} for account {account}; it is shown once, store it now")
-    sys.stdout.write(raw + "\n")
+    """Create keys and print them on stdout (only there, and only now: they are stored as hashes)."""
+    made = _store(db).create_keys(account, count)
+    if count == 1:
+        err.print(f"created key {made[0][0]} for account {account}; it is shown once, store it now")
+    else:
+        err.print(f"created {count} keys for account {account}; they are shown once, store them now")
+    sys.stdout.write("".join(raw + "\n" for _, raw in made))
 
 
 @keys_app.command("revoke")

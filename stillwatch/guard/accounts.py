@@ -180,8 +180,16 @@ class AccountStore:
     # --- keys -----------------------------------------------------------------------------------------
     def create_key(self, account_name: str) -> tuple[str, str]:
         """A new key for `account_name` (created if missing): (key_id, raw_key). The raw key is never stored."""
+        return self.create_keys(account_name, 1)[0]
+
+    def create_keys(self, account_name: str, count: int) -> list[tuple[str, str]]:
+        """`count` new keys for `account_name` (created if missing) in one transaction: [(key_id, raw_key)]."""
         _check_name(account_name)
-        key_id, raw = new_key()
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
+            raise StillwatchError("the number of keys must be between 1 and 100000")
+        made = [new_key() for _ in range(count)]
+        while len({key_id for key_id, _ in made}) < count:  # 48-bit ids: a repeat within one batch is rare
+            made = list({key_id: (key_id, raw) for key_id, raw in made}.values()) + [new_key()]
         with write_transaction(self.engine) as conn:
             # INSERT ... ON CONFLICT DO NOTHING, then read: two replicas creating the same new account at
             # once both end with its id, where select-then-insert let one of them fail on the unique name.
@@ -190,9 +198,10 @@ class AccountStore:
                                                         created_at=utcnow())
                          .on_conflict_do_nothing(index_elements=[Account.name]))
             account_id = conn.scalar(select(Account.id).where(Account.name == account_name))
-            conn.execute(insert(ApiKey).values(id=key_id, account_id=account_id, key_hash=hash_key(raw),
-                                               created_at=utcnow()))
-        return key_id, raw
+            now = utcnow()
+            conn.execute(insert(ApiKey), [{"id": key_id, "account_id": account_id, "key_hash": hash_key(raw),
+                                           "created_at": now} for key_id, raw in made])
+        return made
 
     def revoke_key(self, key_id: str) -> None:
         """Revoke one key for good (idempotent); UnknownKey if there is no such key."""

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 
 from stillwatch.errors import StillwatchError
 from stillwatch.guard.accounts import AccountExists, AccountStore, BadAccountName, UnknownAccount, UnknownKey
+from stillwatch.guard.admin_quotas import add_quota_routes
 from stillwatch.guard.audit import AuditEntry, AuditLog
 
 log = logging.getLogger("stillwatch.guard")
@@ -235,6 +236,7 @@ def admin_router(store: AccountStore, audit: AuditLog, settings: Any) -> APIRout
         """The newest audit records, newest first."""
         return _listing(audit.query(account=account, since=_aware(since), limit=limit, key_id=key_id))
 
+    add_quota_routes(router, store)
     return router
 
 

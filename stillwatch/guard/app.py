@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -20,9 +21,11 @@ from stillwatch.guard.detection import OnlineDetection
 from stillwatch.guard.errors import install_handlers
 from stillwatch.guard.metrics import Metrics
 from stillwatch.guard.middleware import GuardMiddleware
-from stillwatch.guard.quotas import Quotas
+from stillwatch.guard.quotas import Quotas, QuotaStore
 from stillwatch.guard.routes import openai_router, ops
 from stillwatch.guard.settings import GuardSettings
+
+log = logging.getLogger("stillwatch.guard")
 
 
 def create_app(settings: GuardSettings | None = None, backend: Backend | None = None) -> FastAPI:
@@ -37,7 +40,7 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
         raise ConfigError("max_body_bytes, max_n and max_batch must be positive")
     engine = make_engine(settings.db_url, settings.sqlite_synchronous)
     store, audit = AccountStore(engine), AuditLog(engine, settings)
-    quotas = Quotas(settings.rate_limit_storage, settings.quotas_file)
+    quotas = Quotas(settings.rate_limit_storage, settings.quotas_file, store=QuotaStore(engine))
     metrics = Metrics()
     # The policy is read and checked here, so a bad file fails before anything starts.
     detection = OnlineDetection(store, settings) if settings.detection else None
@@ -48,6 +51,9 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade, engine)
+        seeded = await asyncio.to_thread(quotas.seed)
+        if seeded:
+            log.info("quotas seeded from %s: %s", settings.quotas_file, ", ".join(seeded))
         chosen = backend if backend is not None else await asyncio.to_thread(make_backend, settings)
         if hasattr(chosen, "batcher"):
             chosen.batcher.on_batch = metrics.observe_batch

@@ -99,6 +99,8 @@ class Call:
     rejected_prompt_chars: int = 2000
     client_addr: str | None = None
     user_agent: str | None = None
+    limits: Any = None  # the quotas.Limits read for this request (one read serves every check of it)
+    rate_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* for the answer
 
     def entry(self, status: int, decision: str, error_code: str | None = None, completion: Any = None,
               prompt_tokens: int = 0, completion_tokens: int = 0) -> AuditEntry:
@@ -142,10 +144,18 @@ async def authorize(request: Request, creds: HTTPAuthorizationCredentials | None
         log.error("database unavailable: %s", type(exc).__name__)
         raise unavailable("database", "database_unavailable", gw.settings.unavailable_retry_after_s) from None
     call.principal = principal
+    if gw.quotas.store is not None:
+        try:
+            call.limits = await gw.db(gw.quotas.limits_for, principal)
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            log.error("database unavailable: %s", type(exc).__name__)
+            raise unavailable("database", "database_unavailable", gw.settings.unavailable_retry_after_s) from None
     # Quotas first: a blocked account that keeps sending is throttled like any other, not given a free
     # (and audited) 403 per request.
     try:
-        await gw.quota(gw.quotas.check_request, principal)
+        call.rate_headers = await gw.quota(gw.quotas.check_request, principal, call.limits) or {}
     except QuotaExceeded as exc:
         raise over_quota(exc.retry_after, exc.should_retry, str(exc)) from None
     if principal.blocked:

@@ -57,10 +57,10 @@ def _check_common(body: Any, settings: Any, max_tokens: int | None, max_tokens_p
         raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
 
 
-async def _check_tokens(gw: Gateway, principal: Principal, wanted: int) -> None:
+async def _check_tokens(gw: Gateway, principal: Principal, wanted: int, limits: Any = None) -> None:
     """A request whose max_tokens can never fit the token quota is refused up front (429, no retry)."""
     try:
-        await gw.quota(gw.quotas.check_tokens, principal, wanted)
+        await gw.quota(gw.quotas.check_tokens, principal, wanted, limits)
     except QuotaExceeded as exc:
         raise over_quota(exc.retry_after, exc.should_retry, str(exc)) from None
 
@@ -75,7 +75,7 @@ async def _finish(gw: Gateway, call: Call, result: Result, status: int, decision
     gw.metrics.tokens.labels("completion").inc(result.completion_tokens)
     gw.metrics.decisions.labels(decision).inc()
     try:
-        await gw.quota(gw.quotas.charge_tokens, principal, tokens)
+        await gw.quota(gw.quotas.charge_tokens, principal, tokens, call.limits)
     except Exception:  # noqa: BLE001 - a quota store hiccup must not lose the audit record
         log.exception("charging tokens failed")
     completion = (result.texts[0] if len(result.texts) == 1 else result.texts) if result.texts else None
@@ -116,11 +116,11 @@ async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool,
             raise _unaudited(gw.settings.unavailable_retry_after_s) from None
         raw = result.raw if result.raw is not None else _json(result.body)
         return Response(raw, media_type="application/json",
-                        headers={"x-request-id": call.request_id})
+                        headers={"x-request-id": call.request_id, **call.rate_headers})
     events = _sse_events(gw, call, result, decision) if kind == "responses" else \
         _sse(gw, call, result, include_usage, decision, kind)
     return StreamingResponse(events, media_type="text/event-stream",
-                             headers={**SSE_HEADERS, "x-request-id": call.request_id})
+                             headers={**SSE_HEADERS, "x-request-id": call.request_id, **call.rate_headers})
 
 
 def _settle(delivered: Delivered, result: Result, complete: bool) -> None:
@@ -250,7 +250,7 @@ def openai_router(passthrough: bool) -> APIRouter:
         if body.top_logprobs and not body.logprobs:
             raise bad_request("logprobs must be true when top_logprobs is set.", param="top_logprobs")
         if max_tokens is not None:
-            await _check_tokens(gw, principal, max_tokens * (body.n or 1))
+            await _check_tokens(gw, principal, max_tokens * (body.n or 1), call.limits)
         result = await gw.backend.chat(body, principal.degraded)
         return await _respond(gw, call, result, _include_usage(body), "chat")
 
@@ -276,7 +276,7 @@ def openai_router(passthrough: bool) -> APIRouter:
             if prompts * n > gw.settings.max_batch:
                 raise bad_request(f"At most {gw.settings.max_batch} prompts × n per request.", param="prompt")
         if body.max_tokens:
-            await _check_tokens(gw, principal, body.max_tokens * max(n, body.best_of or 1) * prompts)
+            await _check_tokens(gw, principal, body.max_tokens * max(n, body.best_of or 1) * prompts, call.limits)
         result = await gw.backend.completions(body, principal.degraded)
         return await _respond(gw, call, result, _include_usage(body), "completions")
 
@@ -292,7 +292,7 @@ def openai_router(passthrough: bool) -> APIRouter:
             raise _unsupported_endpoint(request)
         _check_max_tokens(gw.settings, body.max_output_tokens, "max_output_tokens")
         if body.max_output_tokens is not None:
-            await _check_tokens(gw, principal, body.max_output_tokens)
+            await _check_tokens(gw, principal, body.max_output_tokens, call.limits)
         result = await gw.backend.responses(body)
         return await _respond(gw, call, result, False, "responses")
 
@@ -317,9 +317,7 @@ async def health(request: Request) -> JSONResponse:
     gw = gateway(request)
     checks = await _checks(gw)
     status = "starting" if gw.backend is None else ("ok" if all(checks.values()) else "degraded")
-    detector = "off" if gw.detection is None else ("leader" if gw.detection.leader else "standby")
-    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()},
-                         "detector": detector})
+    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()}})
 
 
 @ops.get("/ready")

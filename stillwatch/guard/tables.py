@@ -155,3 +155,21 @@ class AccountAction(Base):
     evidence: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
 
     __table_args__ = (Index("ix_account_actions_account", "account_id", "created_at"),)
+
+
+class Quota(Base):
+    """Limits of one scope: the default (subject ""), an account (its name) or a key (its id). Each limit is in
+    the `limits` notation ("600/minute", "unlimited"); NULL inherits from the scope above."""
+
+    __tablename__ = "quotas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    subject: Mapped[str] = mapped_column(String(200), nullable=False)
+    requests: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tokens: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    key_requests: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    key_tokens: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("scope", "subject", name="uq_quotas_scope_subject"),)
