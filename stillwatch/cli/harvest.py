@@ -26,13 +26,18 @@ def harvest(
                                           help="Key for --endpoint (env OPENAI_API_KEY)."),
     served_model: str = typer.Option("stillwatch", "--served-model", help="Model name at --endpoint."),
     api: str = typer.Option("chat", "--api", help="Endpoint API: chat or completions."),
+    server: str = typer.Option("auto", "--server",
+                               help="What --endpoint accepts: vllm (its token-id extension), openai (standard "
+                                    "parameters only) or auto (ask GET /models once, and record the answer)."),
     tokenizer_dir: Optional[Path] = typer.Option(
         None, "--tokenizer", help="Teacher tokenizer for --endpoint: token ids and chat templates."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="Built-in task for prompts (repeatable)."),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Prompts per --task."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Or a JSONL/Parquet prompt file."),
     out: Optional[Path] = typer.Option(None, "--out", help="Harvest store to create or resume (SQLite file)."),
-    logprobs: int = typer.Option(0, "--logprobs", min=0, max=20, help="Also keep the top-K logprobs per token."),
+    logprobs: int = typer.Option(0, "--logprobs", min=0,
+                                 help="Also keep the top-K logprobs per token (an endpoint's limit caps it: "
+                                      "20 on OpenAI's chat API)."),
     concurrency: int = typer.Option(8, "--concurrency", min=1,
                                     help="Requests in flight (endpoint) or prompts per batch (in-process)."),
     samples: int = typer.Option(1, "--samples", min=1, help="Completions per prompt."),
@@ -70,6 +75,8 @@ def harvest(
         raise ConfigError("--out STORE is required")
     if api not in ("chat", "completions"):
         raise ConfigError(f"--api must be chat or completions, not {api!r}")
+    if teacher is not None and server != "auto":
+        raise ConfigError("--server describes an --endpoint; an in-process --teacher takes every parameter")
     if endpoint is not None and watermark_key_file is not None:
         raise ConfigError("--watermark-key-file applies to an in-process --teacher; an endpoint watermarks itself")
 
@@ -79,7 +86,7 @@ def harvest(
     if teacher is not None:
         subject, info = _local_teacher(teacher, watermark_key_file)
     else:
-        subject, info = _endpoint_teacher(endpoint, api_key, served_model, api, tokenizer_dir, concurrency)
+        subject, info = _endpoint_teacher(endpoint, api_key, served_model, api, tokenizer_dir, concurrency, server)
     tokenizer = getattr(subject, "tokenizer", None)
     # A chat endpoint applies its own template, so messages are only joined here; else we apply the teacher's.
     renderer = tokenizer if teacher is not None or api == "completions" else None
@@ -171,7 +178,7 @@ def _watermark_key(key_file: Optional[Path]) -> str | None:
 
 
 def _endpoint_teacher(endpoint: str, api_key: str, served_model: str, api: str, tokenizer_dir: Optional[Path],
-                      concurrency: int):
+                      concurrency: int, server: str):
     from stillwatch.teachers.openai_teacher import OpenAITeacher
 
     tokenizer = None
@@ -180,7 +187,7 @@ def _endpoint_teacher(endpoint: str, api_key: str, served_model: str, api: str, 
 
         tokenizer = load_tokenizer(tokenizer_dir)
     subject = OpenAITeacher(endpoint, api_key, model=served_model, tokenizer=tokenizer, api=api,
-                            concurrency=concurrency)
+                            concurrency=concurrency, server=server)  # type: ignore[arg-type]
     from stillwatch.redact import redact_url
 
     return subject, {"endpoint": redact_url(endpoint), "served_model": served_model, "api": api}

@@ -1,7 +1,7 @@
 """Export a harvest store to JSONL or Parquet that `datasets.load_dataset("json"|"parquet", ...)` reads.
 
-Columns: prompt_id, sample_index, prompt, completion (the text), messages (user prompt + assistant completion,
-for chat-style SFT trainers), task, answer, token_ids, logprobs, top_token_ids and top_logprobs (parallel
+Columns: prompt_id, sample_index, prompt, completion (the text), messages (the chat prompt as harvested, roles kept, or
+the prompt as one user message, then the assistant completion: for chat-style SFT trainers), task, answer, token_ids, logprobs, top_token_ids and top_logprobs (parallel
 `[position][rank]` lists, best first; null without top-k), finish_reason, prompt_tokens, completion_tokens,
 teacher, params (the sampling parameters as a JSON string: its shape must not vary across chunks) and
 created_at (ISO 8601, UTC). Both writers stream `batch_size` rows at a time.
@@ -25,7 +25,8 @@ def _record(row: HarvestRow) -> dict:
         "sample_index": row.sample_index,
         "prompt": row.prompt,
         "completion": c.text,
-        "messages": [{"role": "user", "content": row.prompt}, {"role": "assistant", "content": c.text}],
+        "messages": [*(row.messages or [{"role": "user", "content": row.prompt}]),
+                     {"role": "assistant", "content": c.text}],
         "task": row.task,
         "answer": row.answer,
         "token_ids": c.token_ids,

@@ -1,8 +1,9 @@
 """Prompt sources for a harvest: built-in tasks, or a JSONL/Parquet file streamed row by row.
 
 A file row has a `prompt` string or a `messages` list of `{role, content}` dicts (the Hugging Face datasets
-convention), and optionally `task` and `answer`. Messages become one prompt through the teacher tokenizer's
-chat template when one is known, else their contents joined by newlines.
+convention), and optionally `task` and `answer`. Messages are kept as they are, for a chat endpoint to receive
+with their roles; `prompt` holds their rendering through the teacher tokenizer's chat template when one is
+known (what an in-process teacher or a completions endpoint is given), else their contents joined by newlines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class PromptItem:
     prompt: str
     task: str | None = None
     answer: str | None = None
+    messages: tuple[dict, ...] | None = None  # a chat prompt as given, roles intact
+
+    def request(self) -> str | list[dict]:
+        """What a chat endpoint is sent: the messages when the prompt was a conversation, else the text."""
+        return [dict(m) for m in self.messages] if self.messages else self.prompt
 
 
 def prompt_id(prompt: str, position: int) -> str:
@@ -146,12 +152,15 @@ def _item(where: str, row: Any, position: int, to_prompt: Callable[[list], str])
         if not (isinstance(messages, list) and messages
                 and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
             raise ConfigError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-        prompt = to_prompt(messages)
+        messages = tuple({"role": str(m.get("role") or "user"), "content": m["content"]} for m in messages)
+        prompt = to_prompt(list(messages))
+    else:
+        messages = None
     if not isinstance(prompt, str) or not prompt:
         raise ConfigError(f"{where}: needs a non-empty string 'prompt' or a 'messages' list")
     task, answer = row.get("task"), row.get("answer")
     return PromptItem(prompt_id(prompt, position), position, prompt,
-                      None if task is None else str(task), None if answer is None else str(answer))
+                      None if task is None else str(task), None if answer is None else str(answer), messages)
 
 
 def _messages_renderer(tokenizer: Any) -> Callable[[list], str]:

@@ -11,12 +11,17 @@ official client retries 408/409/429/5xx and connection errors with exponential b
 `Retry-After` (up to two minutes); on top of that a prompt whose request still fails is retried `retries`
 times here, and the run stops after `max_consecutive_failures` failures in a row (an endpoint that is down).
 A 401 or 403 stops at once: nothing else will succeed with that key.
+
+Endpoints. Before the first request an endpoint teacher says what its server accepts (`OpenAITeacher.plan`:
+vLLM's extensions or standard parameters only, and its top-k limit); the store records it under `server`,
+and a top k cut to the server's limit is said in one line on stderr. Chat prompts go out as their messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
@@ -33,6 +38,7 @@ from stillwatch.teachers.base import Teacher
 from stillwatch.teachers.completion import Completion, SamplingParams
 
 _RESUME_CHUNK = 256  # prompts checked against the store per query
+STRINGS_ONLY = "none: token strings only"  # the tokenizer fingerprint of a harvest whose ids are unknown
 
 
 class HarvestStopped(TeacherError):
@@ -106,6 +112,7 @@ class _Run:
 
     async def main(self, prompts: Iterable[PromptItem], total: int | None, progress: bool) -> HarvestResult:
         began = time.perf_counter()
+        await self._negotiate()
         self.bar = LoggedProgress(TextColumn("[bold]harvest"), BarColumn(bar_width=20), MofNCompleteColumn(),
                             TextColumn("{task.fields[rows]} rows"), _RateColumn(), TimeElapsedColumn(),
                             TextColumn("ETA"), TimeRemainingColumn(compact=True),
@@ -126,6 +133,31 @@ class _Run:
             raise HarvestStopped(f"harvest stopped: {reason}; {rows} rows collected in {self.store.path} are kept; "
                                  f"{hint}", rows, status)
         return self.result
+
+    async def _negotiate(self) -> None:
+        """Ask an endpoint teacher what its server takes; record it, and say so when the top k is cut."""
+        plan = getattr(self.teacher, "plan", None)
+        if not callable(plan):
+            return
+        from stillwatch.teachers.openai_teacher import AccessDenied
+
+        try:
+            decided = await plan(self.params.top_logprobs)
+        except AccessDenied as exc:
+            raise HarvestStopped(f"harvest stopped: {_one_line(exc)}; nothing was requested", self.store.count(),
+                                 exc.status) from None
+        self.store.set_meta(server=decided)
+        if not decided["token_ids"] and getattr(self.teacher, "tokenizer", None) is None \
+                and "tokenizer" not in self.store.meta():
+            # Rows will hold token strings, not ids: a fingerprint no tokenizer has sends every student down
+            # the re-encoding (sft) or alignment (kd) path, which reads those strings.
+            self.store.set_meta(tokenizer={"fingerprint": STRINGS_ONLY, "tokens": None})
+        top = decided["top_logprobs"]
+        print(f"harvest: {decided['kind']}-style endpoint ({decided['decided_by']})", file=sys.stderr)
+        if top["capped"]:
+            print(f"harvest: top_logprobs {top['requested']} is above this {decided['kind']} endpoint's limit on "
+                  f"the {decided['api']} API; asking for {top['sent']}", file=sys.stderr)
+            self.params = replace(self.params, top_logprobs=top["sent"])
 
     def _pending(self, prompts: Iterable[PromptItem]) -> Iterator[tuple[PromptItem, list[int]]]:
         """(prompt, missing sample indices) for every prompt not yet complete in the store."""
@@ -238,7 +270,8 @@ class _Run:
         params = replace(self.params, n=len(missing), seed=derive_seed(self.params.seed, item.prompt_id))
         for attempt in range(self.retries + 1):
             try:
-                completions = (await self.teacher.complete([item.prompt], params))[0]
+                request = item.request() if getattr(self.teacher, "api", "chat") == "chat" else item.prompt
+                completions = (await self.teacher.complete([request], params))[0]
             except AccessDenied as exc:
                 self._denied(exc)
                 return

@@ -7,10 +7,15 @@ its tokenizer, the watermark configuration (never the key) and the schema versio
 
 Compact arrays. Token ids are packed little-endian int32 and per-token logprobs float32 (exact enough for
 importance weights). Top-k logprobs are a dense `[positions, k]` pair of blobs: int32 ids padded with -1 and
-float16 logprobs. float16 keeps 11 significant bits: the relative error of a probability is below 0.05% near
+float16 logprobs (-2 marks a candidate an endpoint named only by its string). float16 keeps 11 significant bits: the relative error of a probability is below 0.05% near
 lp = 0 and 0.4% at lp = -5, far under sampling noise, at half the bytes of float32; consumers that compute the
 tail mass `1 - sum(exp(top))` should clamp it at 0. On disk a 96-token row with k = 20 takes about 12 KB,
 against about 45 KB as JSON.
+
+Token strings. Rows from an endpoint also keep the token strings it returned (`tokens`, `top_tokens`, JSON
+with surrogate escapes for bytes that are not UTF-8), and chat prompts keep their `messages` (JSON), so that a
+student with another tokenizer can spell the teacher's tokens and an export keeps the roles. Stores written
+before these columns existed gain them (as NULL) the first time a harvest opens them.
 
 Reading streams with keyset pagination on the integer primary key (`WHERE id > ? ORDER BY id LIMIT ?`), so a
 store of any size is read in constant memory, also while a harvest is still writing to it.
@@ -29,11 +34,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from stillwatch.errors import ConfigError, StillwatchError
-from stillwatch.teachers.completion import Completion
+from stillwatch.teachers.completion import UNKNOWN_ID, Completion
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TOP_LOGPROBS_DTYPE = "float16"
 _IDS, _LPS, _TOP_LPS = np.dtype("<i4"), np.dtype("<f4"), np.dtype("<f2")
+_PAD_ID, _STRING_ONLY_ID = -1, -2  # on disk; a string-only candidate reads back as Completion's UNKNOWN_ID
 # Bound parameters per `IN (...)` query: well under SQLite's limit on every build.
 _IN_CHUNK = 500
 
@@ -62,11 +68,16 @@ CREATE TABLE IF NOT EXISTS samples (
     teacher TEXT NOT NULL,
     params TEXT NOT NULL,
     created_at REAL NOT NULL,
+    messages TEXT,
+    tokens TEXT,
+    top_tokens TEXT,
     UNIQUE (prompt_id, sample_index)
 );
 """
+# Columns added after schema version 1 (ALTER TABLE ... ADD COLUMN on an older store).
+_ADDED_COLUMNS = ("messages", "tokens", "top_tokens")
 _COLUMNS = ("id, prompt_id, sample_index, prompt, task, answer, text, token_ids, logprobs, top_k, top_ids, "
-            "top_logprobs, finish_reason, prompt_tokens, teacher, params, created_at")
+            "top_logprobs, finish_reason, prompt_tokens, teacher, params, created_at, messages, tokens, top_tokens")
 
 
 @dataclass
@@ -82,6 +93,7 @@ class HarvestRow:
     teacher: str
     params: dict
     created_at: float
+    messages: list[dict] | None = None  # the chat prompt as sent (roles kept), when it was one
 
 
 def pack_top(top: list[list[tuple[int, float]]] | None) -> tuple[int, bytes | None, bytes | None]:
@@ -89,11 +101,11 @@ def pack_top(top: list[list[tuple[int, float]]] | None) -> tuple[int, bytes | No
     if top is None:
         return 0, None, None
     k = max((len(pos) for pos in top), default=0) or (1 if top else 0)  # keep the positions count
-    ids = np.full((len(top), k), -1, dtype=_IDS)
+    ids = np.full((len(top), k), _PAD_ID, dtype=_IDS)
     lps = np.full((len(top), k), -np.inf, dtype=_TOP_LPS)
     for i, pos in enumerate(top):
         if pos:
-            ids[i, : len(pos)] = [t for t, _ in pos]
+            ids[i, : len(pos)] = [t if t >= 0 else _STRING_ONLY_ID for t, _ in pos]
             lps[i, : len(pos)] = [lp for _, lp in pos]
     return k, ids.tobytes(), lps.tobytes()
 
@@ -106,7 +118,7 @@ def unpack_top(k: int, ids: bytes | None, lps: bytes | None) -> list[list[tuple[
         return []
     id_arr = np.frombuffer(ids, dtype=_IDS).reshape(-1, k).tolist()
     lp_arr = np.frombuffer(lps, dtype=_TOP_LPS).astype(np.float32).reshape(-1, k).tolist()
-    return [[(t, lp) for t, lp in zip(ti, li) if t >= 0] for ti, li in zip(id_arr, lp_arr)]
+    return [[(t if t >= 0 else UNKNOWN_ID, lp) for t, lp in zip(ti, li) if t != _PAD_ID] for ti, li in zip(id_arr, lp_arr)]
 
 
 def _pack(values: Sequence, dtype: np.dtype) -> bytes:
@@ -149,6 +161,18 @@ class HarvestStore:
         if not {"meta", "samples"} <= tables:
             self._db.close()
             raise ConfigError(f"{self.path} is not a harvest store (no samples table)")
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}
+        missing = [c for c in _ADDED_COLUMNS if c not in have]
+        if missing and create:
+            with self._transaction():
+                for column in missing:
+                    self._db.execute(f"ALTER TABLE samples ADD COLUMN {column} TEXT")
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
+            missing = []
+        # An older store opened only for reading: its missing columns read as NULL.
+        self._columns = _COLUMNS
+        for column in missing:
+            self._columns = self._columns.replace(f", {column}", f", NULL AS {column}")
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -168,7 +192,7 @@ class HarvestStore:
         """
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
-        columns = _COLUMNS if with_top else _COLUMNS.replace("top_ids, top_logprobs", "NULL, NULL")
+        columns = self._columns if with_top else self._columns.replace("top_ids, top_logprobs", "NULL, NULL")
         last = 0
         while True:
             batch = self._db.execute(f"SELECT {columns} FROM samples WHERE id > ? ORDER BY id LIMIT ?",
@@ -182,12 +206,15 @@ class HarvestStore:
     @staticmethod
     def _decode(row: tuple) -> HarvestRow:
         (_, prompt_id, index, prompt, task, answer, text, ids, lps, k, top_ids, top_lps, finish,
-         prompt_tokens, teacher, params, created) = row
+         prompt_tokens, teacher, params, created, messages, tokens, top_tokens) = row
+        top = unpack_top(k, top_ids, top_lps)
         completion = Completion(text=text, token_ids=_unpack(ids, _IDS), logprobs=_unpack(lps, _LPS),
-                                finish_reason=finish, prompt_tokens=prompt_tokens,
-                                top_logprobs=unpack_top(k, top_ids, top_lps))
+                                finish_reason=finish, prompt_tokens=prompt_tokens, top_logprobs=top,
+                                tokens=json.loads(tokens) if tokens else None,
+                                top_tokens=json.loads(top_tokens) if top_tokens and top is not None else None)
         return HarvestRow(prompt_id=prompt_id, sample_index=index, prompt=prompt, task=task, answer=answer,
-                          completion=completion, teacher=teacher, params=json.loads(params), created_at=created)
+                          completion=completion, teacher=teacher, params=json.loads(params), created_at=created,
+                          messages=json.loads(messages) if messages else None)
 
     def meta(self) -> dict:
         """Store metadata: teacher identity, tokenizer info when known, watermark config, schema version, and
@@ -237,17 +264,21 @@ class HarvestStore:
         records = []
         for item, index, c, teacher, params in rows:
             k, top_ids, top_lps = pack_top(c.top_logprobs)
+            messages = getattr(item, "messages", None)
             records.append((item.prompt_id, index, item.position, item.prompt, item.task, item.answer, c.text,
                             _pack(c.token_ids, _IDS), _pack(c.logprobs, _LPS), k, top_ids, top_lps,
                             c.finish_reason, c.prompt_tokens, c.completion_tokens, teacher,
-                            json.dumps(params, sort_keys=True), now))
+                            json.dumps(params, sort_keys=True), now,
+                            None if messages is None else json.dumps(list(messages)),
+                            None if c.tokens is None else json.dumps(c.tokens),
+                            None if c.top_tokens is None else json.dumps(c.top_tokens)))
         with self._transaction():
             last = self._last_id()
             self._db.executemany(
                 "INSERT OR IGNORE INTO samples (prompt_id, sample_index, position, prompt, task, answer, text, "
                 "token_ids, logprobs, top_k, top_ids, top_logprobs, finish_reason, prompt_tokens, "
-                "completion_tokens, teacher, params, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+                "completion_tokens, teacher, params, created_at, messages, tokens, top_tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
             return self._count_new(last)
 
     def _last_id(self) -> int:
@@ -270,7 +301,7 @@ class HarvestStore:
         Returns the number of rows added. Teachers of both stores are kept in `meta()["teachers"]`.
         """
         source = HarvestStore(other)  # validates it is a harvest store
-        theirs = source.meta()
+        theirs, their_columns = source.meta(), source._columns.replace("id, ", "", 1) + ", position, completion_tokens"
         source.close()
         if Path(other).resolve() == self.path.resolve():
             raise ConfigError(f"cannot merge {other} into itself")
@@ -279,7 +310,7 @@ class HarvestStore:
         try:
             with self._transaction():
                 last = self._last_id()
-                self._db.execute(f"INSERT OR IGNORE INTO samples ({columns}) SELECT {columns} FROM other.samples "
+                self._db.execute(f"INSERT OR IGNORE INTO samples ({columns}) SELECT {their_columns} FROM other.samples "
                                  "ORDER BY id")
                 added = self._count_new(last)
         finally:

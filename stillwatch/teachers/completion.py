@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 FinishReason = Literal["stop", "length"]
+UNKNOWN_ID = -1  # a top-k candidate known by its string only (see Completion.top_tokens)
 
 
 @dataclass
@@ -14,6 +15,12 @@ class Completion:
 
     `top_logprobs[i]` holds the k most likely (token id, logprob) pairs at position i of the completion,
     under the model's unprocessed distribution, best first.
+
+    `tokens` and `top_tokens` (parallel to `token_ids` and `top_logprobs`) are the token strings an endpoint
+    returned, kept so that a student with another tokenizer can spell them; bytes that are not UTF-8 are
+    surrogate escapes (`s.encode("utf-8", "surrogateescape")` gives them back). They are None where the ids
+    are the teacher's own (an in-process teacher). Where an endpoint named a top-k candidate only by its string
+    and no tokenizer gives its id, that id is `UNKNOWN_ID`.
     """
 
     text: str
@@ -22,6 +29,8 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    tokens: list[str] | None = None
+    top_tokens: list[list[str]] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -43,6 +52,8 @@ class Completion:
             finish_reason=data["finish_reason"],
             prompt_tokens=data["prompt_tokens"],
             top_logprobs=None if top is None else [[(int(t), float(lp)) for t, lp in pos] for pos in top],
+            tokens=data.get("tokens"),
+            top_tokens=data.get("top_tokens"),
         )
 
 
