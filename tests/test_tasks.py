@@ -99,3 +99,19 @@ def test_registry_and_prompt_routing() -> None:
     assert task_for_prompt("hello") is None
     assert extract_answer("a -> b -> 42 ") == "42"
     assert extract_answer("no mark") is None
+
+
+def test_task_difficulty_from_a_spec() -> None:
+    from stillwatch.errors import ConfigError, UnknownTaskError
+
+    task = get_task("chain:steps=7")
+    ex = examples(task, 1, 0)[0]
+    assert task.name == "chain" and ex.trace.count("=") == 7 and task.score(ex.prompt, ex.trace)
+    assert len(examples(get_task("add:digits=6"), 1, 0)[0].answer) >= 6
+    for bad in ("add:steps=3", "add:digits", "add:digits=x"):
+        with pytest.raises(ConfigError, match="difficulty is NAME:FIELD=INT"):
+            get_task(bad)
+    with pytest.raises(UnknownTaskError):
+        get_task("nope:digits=3")
+    with pytest.raises(ConfigError, match="between 1 and 12"):
+        get_task("add:digits=40")

@@ -41,6 +41,14 @@ def harvest(
     concurrency: int = typer.Option(8, "--concurrency", min=1,
                                     help="Requests in flight (endpoint) or prompts per batch (in-process)."),
     samples: int = typer.Option(1, "--samples", min=1, help="Completions per prompt."),
+    verify: bool = typer.Option(False, "--verify",
+                                help="Keep only completions a verifier accepts (the built-in task scorers, or "
+                                     "--verifier); the others are stored apart with a reason each."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", metavar="MODULE:FUNCTION",
+                                           help="With --verify: a Python callable fn(prompt, completion) -> bool, "
+                                                "as module:function or path/to/file.py:function."),
+    vote: bool = typer.Option(False, "--vote",
+                              help="With --samples N: keep only the samples whose answer has the majority."),
     temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling threshold."),
     max_tokens: int = typer.Option(96, "--max-tokens", min=1, help="Most tokens per completion."),
@@ -80,6 +88,15 @@ def harvest(
     if endpoint is not None and watermark_key_file is not None:
         raise ConfigError("--watermark-key-file applies to an in-process --teacher; an endpoint watermarks itself")
 
+    if verifier is not None and not verify:
+        raise ConfigError("--verifier names the check for --verify; give --verify too")
+    if vote and samples < 2:
+        raise ConfigError("--vote needs --samples N with N >= 2 (one sample has nothing to vote against)")
+    selector = None
+    if verify or vote:
+        from stillwatch.harvest.select import Selector
+
+        selector = Selector(verify=verify, verifier=verifier, vote=vote)
     shard_spec = _parse_shard(shard) if shard is not None else None
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
                             top_logprobs=logprobs)
@@ -102,7 +119,9 @@ def harvest(
             print(f"harvest: {source.describe} from {subject.name} into {out}"
                   + (" (watermarked)" if "watermark" in info else ""), file=sys.stderr)
             result = run_harvest(subject, source, store, params, concurrency=concurrency, total=source.total,
-                                 progress=progress, retries=retries, max_consecutive_failures=max_failures)
+                                 progress=progress, retries=retries, max_consecutive_failures=max_failures,
+                                 selector=selector)
+            selection = store.meta().get("selection")
             empty = store.count() == 0
     except BaseException as exc:
         # A failed first run leaves no empty store behind to be mistaken for a harvest (rows are always kept).
@@ -119,6 +138,9 @@ def harvest(
     print(f"harvested {result.rows_added} new rows from {result.prompts_done} prompts in "
           f"{result.seconds:.1f} s ({rate:,.0f} tok/s); {result.prompts_skipped} prompts were already complete; "
           f"{out} holds {result.rows_total} rows")
+    if selection is not None:
+        dropped = ", ".join(f"{n} {kind}" for kind, n in selection["dropped"].items()) or "none"
+        print(f"kept {selection['kept']} samples; dropped: {dropped} (see the store's dropped table)")
     if result.prompts_failed:
         raise TeacherError(f"{result.prompts_failed} prompts failed after every retry; {result.rows_total} rows "
                            f"are kept in {out}; re-run the same command to retry them")

@@ -30,8 +30,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from stillwatch.errors import StillwatchError, TeacherError
+from stillwatch.errors import ConfigError, StillwatchError, TeacherError
 from stillwatch.harvest.prompts import PromptItem
+from stillwatch.harvest.select import Selector
 from stillwatch.harvest.store import HarvestStore
 from stillwatch.progress import LoggedProgress
 from stillwatch.teachers.base import Teacher
@@ -57,6 +58,7 @@ class HarvestResult:
     prompts_skipped: int = 0  # prompts already complete in the store
     prompts_failed: int = 0  # prompts whose requests failed after every retry (re-run to retry them)
     rows_added: int = 0
+    rows_dropped: int = 0  # samples a selection (verify, vote) did not keep
     rows_total: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -71,18 +73,23 @@ def derive_seed(seed: int | None, key: str) -> int | None:
 
 def harvest(teacher: Teacher, prompts: Iterable[PromptItem], store: HarvestStore, params: SamplingParams,
             concurrency: int = 8, total: int | None = None, progress: bool = True, retries: int = 2,
-            max_consecutive_failures: int = 10, retry_delay: float = 2.0) -> HarvestResult:
-    """Collect `params.n` samples per prompt into `store`, resuming whatever an earlier run left undone."""
+            max_consecutive_failures: int = 10, retry_delay: float = 2.0,
+            selector: Selector | None = None) -> HarvestResult:
+    """Collect `params.n` samples per prompt into `store`, resuming whatever an earlier run left undone.
+
+    With a `selector` (harvest.select) only the samples it keeps become rows; the others are stored apart
+    with their reasons."""
     return asyncio.run(harvest_async(teacher, prompts, store, params, concurrency, total, progress, retries,
-                                     max_consecutive_failures, retry_delay))
+                                     max_consecutive_failures, retry_delay, selector))
 
 
 async def harvest_async(teacher: Teacher, prompts: Iterable[PromptItem], store: HarvestStore,
                         params: SamplingParams, concurrency: int = 8, total: int | None = None,
                         progress: bool = True, retries: int = 2, max_consecutive_failures: int = 10,
-                        retry_delay: float = 2.0) -> HarvestResult:
+                        retry_delay: float = 2.0, selector: Selector | None = None) -> HarvestResult:
     """`harvest` for callers already inside an event loop."""
-    run = _Run(teacher, store, params, max(1, concurrency), retries, max_consecutive_failures, retry_delay)
+    run = _Run(teacher, store, params, max(1, concurrency), retries, max_consecutive_failures, retry_delay,
+               selector)
     return await run.main(prompts, total, progress)
 
 
@@ -98,8 +105,8 @@ class _RateColumn(ProgressColumn):
 
 class _Run:
     def __init__(self, teacher: Teacher, store: HarvestStore, params: SamplingParams, concurrency: int,
-                 retries: int, max_consecutive_failures: int, retry_delay: float):
-        self.teacher, self.store, self.params = teacher, store, params
+                 retries: int, max_consecutive_failures: int, retry_delay: float, selector: Selector | None = None):
+        self.teacher, self.store, self.params, self.selector = teacher, store, params, selector
         self.concurrency, self.retries, self.retry_delay = concurrency, retries, retry_delay
         self.max_failures = max(1, max_consecutive_failures)
         self.result = HarvestResult()
@@ -112,6 +119,12 @@ class _Run:
 
     async def main(self, prompts: Iterable[PromptItem], total: int | None, progress: bool) -> HarvestResult:
         began = time.perf_counter()
+        if self.selector is not None:
+            recorded = self.store.meta().get("selection")
+            if recorded is not None and {k: recorded.get(k) for k in ("verify", "vote")} != self.selector.describe():
+                raise ConfigError(f"{self.store.path} was selected with {recorded.get('verify')!r}, vote "
+                                  f"{recorded.get('vote')}; this run differs; use another store")
+            self.store.set_meta(selection=self.selector.describe())
         await self._negotiate()
         self.bar = LoggedProgress(TextColumn("[bold]harvest"), BarColumn(bar_width=20), MofNCompleteColumn(),
                             TextColumn("{task.fields[rows]} rows"), _RateColumn(), TimeElapsedColumn(),
@@ -178,13 +191,19 @@ class _Run:
             self.bar.update(self.task_id, total=max(0, task.total + delta))
 
     def _record(self, item: PromptItem, indices: list[int], completions: list[Completion], params: SamplingParams,
-                rows: list | None = None) -> None:
-        """Queue (batched) or commit (pooled) one prompt's samples, and count them."""
-        record = [(item, index, c, self.teacher.name, params.to_dict()) for index, c in zip(indices, completions)]
+                rows: list | None = None, dropped: list | None = None) -> None:
+        """Queue (batched) or commit (pooled) one prompt's samples, kept or dropped, and count them."""
+        decisions = (self.selector.select(item, [c.text for c in completions]) if self.selector is not None
+                     else [None] * len(completions))
+        record = [(item, index, c, self.teacher.name, params.to_dict())
+                  for index, c, d in zip(indices, completions, decisions) if d is None]
+        drops = [(item, index, c, d) for index, c, d in zip(indices, completions, decisions) if d is not None]
+        self.result.rows_dropped += len(drops)
         if rows is not None:
             rows.extend(record)
+            dropped.extend(drops)  # type: ignore[union-attr]
         else:
-            self.result.rows_added += self.store.add(record)
+            self.result.rows_added += self.store.add(record, drops)
         self.result.prompts_done += 1
         self.result.completion_tokens += sum(c.completion_tokens for c in completions)
 
@@ -236,9 +255,10 @@ class _Run:
                     return
             return
         rows: list = []
+        dropped: list = []
         for (item, missing), completions in zip(jobs, outputs):
-            self._record(item, missing, completions, params, rows)
-        self.result.rows_added += self.store.add(rows)
+            self._record(item, missing, completions, params, rows, dropped)
+        self.result.rows_added += self.store.add(rows, dropped)
         self.consecutive_failures = 0
         self._tick(len(jobs))
 

@@ -74,6 +74,21 @@ CREATE TABLE IF NOT EXISTS samples (
     UNIQUE (prompt_id, sample_index)
 );
 """
+_SCHEMA_DROPPED = """
+CREATE TABLE IF NOT EXISTS dropped (
+    id INTEGER PRIMARY KEY,
+    prompt_id TEXT NOT NULL,
+    sample_index INTEGER NOT NULL,
+    task TEXT,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (prompt_id, sample_index)
+);
+"""
 # Columns added after schema version 1 (ALTER TABLE ... ADD COLUMN on an older store).
 _ADDED_COLUMNS = ("messages", "tokens", "top_tokens")
 _COLUMNS = ("id, prompt_id, sample_index, prompt, task, answer, text, token_ids, logprobs, top_k, top_ids, "
@@ -150,7 +165,7 @@ class HarvestStore:
             # WAL + NORMAL survives any process kill; only a power cut can drop the last commits.
             self._db.execute("PRAGMA synchronous = NORMAL")
             if create:
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(_SCHEMA + _SCHEMA_DROPPED)
                 self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)",
                                  ("schema_version", json.dumps(SCHEMA_VERSION),
                                   "top_logprobs_dtype", json.dumps(TOP_LOGPROBS_DTYPE),
@@ -163,12 +178,15 @@ class HarvestStore:
             raise ConfigError(f"{self.path} is not a harvest store (no samples table)")
         have = {r[1] for r in self._db.execute("PRAGMA table_info(samples)")}
         missing = [c for c in _ADDED_COLUMNS if c not in have]
+        if create and "dropped" not in tables:
+            self._db.executescript(_SCHEMA_DROPPED)
         if missing and create:
             with self._transaction():
                 for column in missing:
                     self._db.execute(f"ALTER TABLE samples ADD COLUMN {column} TEXT")
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
             missing = []
+        self._has_dropped = "dropped" in tables or create
         # An older store opened only for reading: its missing columns read as NULL.
         self._columns = _COLUMNS
         for column in missing:
@@ -218,8 +236,27 @@ class HarvestStore:
 
     def meta(self) -> dict:
         """Store metadata: teacher identity, tokenizer info when known, watermark config, schema version, and
-        the totals `prompt_tokens` / `completion_tokens` over every stored row (the teacher tokens consumed)."""
-        return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        the totals `prompt_tokens` / `completion_tokens` over every stored row. A filtered or voted harvest also
+        has `selection`: what selected (`verify`, `vote`), the samples `kept`, `dropped` by kind, and
+        `consumed` (teacher tokens of kept and dropped samples together: what the harvest cost)."""
+        meta = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        if "selection" in meta and self._has_dropped:
+            dropped = dict(self._db.execute("SELECT kind, COUNT(*) FROM dropped GROUP BY kind ORDER BY kind"))
+            d_prompt, d_completion = self._db.execute(
+                "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM dropped").fetchone()
+            meta["selection"] = {**meta["selection"], "kept": self.count(), "dropped": dropped,
+                                 "consumed": {"prompt_tokens": int(meta.get("prompt_tokens", 0)) + d_prompt,
+                                              "completion_tokens": int(meta.get("completion_tokens", 0)) + d_completion}}
+        return meta
+
+    def iter_dropped(self) -> Iterator[dict]:
+        """Every dropped sample with its reason (prompt_id, sample_index, task, kind, reason, text), in order."""
+        if not self._has_dropped:
+            return
+        cursor = self._db.execute("SELECT prompt_id, sample_index, task, kind, reason, text FROM dropped ORDER BY id")
+        names = ("prompt_id", "sample_index", "task", "kind", "reason", "text")
+        for row in cursor:
+            yield dict(zip(names, row))
 
     def existing_samples(self, prompt_ids: Sequence[str]) -> dict[str, set[int]]:
         """The stored sample indices of each of `prompt_ids` that has any (uses the UNIQUE index)."""
@@ -227,8 +264,11 @@ class HarvestStore:
         for start in range(0, len(prompt_ids), _IN_CHUNK):
             chunk = list(prompt_ids[start:start + _IN_CHUNK])
             marks = ",".join("?" * len(chunk))
+            union = (f" UNION ALL SELECT prompt_id, sample_index FROM dropped WHERE prompt_id IN ({marks})"
+                     if self._has_dropped else "")
             for pid, index in self._db.execute(
-                    f"SELECT prompt_id, sample_index FROM samples WHERE prompt_id IN ({marks})", chunk):
+                    f"SELECT prompt_id, sample_index FROM samples WHERE prompt_id IN ({marks}){union}",
+                    chunk * (2 if union else 1)):
                 found.setdefault(pid, set()).add(index)
         return found
 
@@ -254,11 +294,13 @@ class HarvestStore:
         if values:
             self.set_meta(**values)
 
-    def add(self, rows: Sequence[tuple[Any, int, Completion, str, dict]]) -> int:
-        """Insert `(prompt item, sample index, completion, teacher, params)` rows in one transaction.
+    def add(self, rows: Sequence[tuple[Any, int, Completion, str, dict]],
+            dropped: Sequence[tuple[Any, int, Completion, Any]] = ()) -> int:
+        """Insert `(prompt item, sample index, completion, teacher, params)` rows in one transaction, with the
+        `(prompt item, sample index, completion, drop)` samples a selection dropped (`drop.kind`, `drop.reason`).
 
         The prompt item needs `prompt_id, position, prompt, task, answer` attributes. Rows whose
-        (prompt_id, sample_index) is already stored are ignored. Returns the number inserted.
+        (prompt_id, sample_index) is already stored are ignored. Returns the number of kept rows inserted.
         """
         now = time.time()
         records = []
@@ -273,6 +315,12 @@ class HarvestStore:
                             None if c.tokens is None else json.dumps(c.tokens),
                             None if c.top_tokens is None else json.dumps(c.top_tokens)))
         with self._transaction():
+            if dropped:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO dropped (prompt_id, sample_index, task, kind, reason, text, prompt_tokens, "
+                    "completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(item.prompt_id, index, item.task, drop.kind, drop.reason, c.text, c.prompt_tokens,
+                      c.completion_tokens, now) for item, index, c, drop in dropped])
             last = self._last_id()
             self._db.executemany(
                 "INSERT OR IGNORE INTO samples (prompt_id, sample_index, position, prompt, task, answer, text, "
