@@ -7,8 +7,9 @@ every request goes through the official `openai` client):
 2. the provider starts its gateway with a watermark key and opens two accounts, an honest user and a distiller;
 3. the distiller harvests reasoning traces and stories through the API; the audit log records every request;
 4. the distiller trains a much smaller student on the harvest and measures retention and speed-up;
-5. the provider blocks the distiller: its next request gets 403 `account_blocked`, the honest user still gets
-   answers;
+5. the provider turns on stillwatch's detector: `detect` over the audit log so far ranks the distiller first, and
+   when it comes back for top-k logprobs the live detector stops it within a few hundred requests, with an
+   evidence bundle the audit chain backs, while honest chat users are untouched;
 6. later, the provider proves from its audit log that the student was trained on its watermarked outputs,
    while a control model (same architecture, same prompts, un-watermarked outputs) is cleared.
 
@@ -55,6 +56,7 @@ class DemoSizes:
     student_batch: int
     student_lr: float
     prove_texts: int  # evidence texts read through each suspect
+    detect_seconds: float  # how long the returning distiller and the chat users run against the live detector
 
 
 # Measured on the tiny preset (2 busy cores): the 1-layer student-tiny reaches ~70% valid stories after 2000 sft
@@ -64,10 +66,10 @@ class DemoSizes:
 SIZES = {
     "full": DemoSizes(teacher_steps=None, eval_n=100, reasoning_prompts=150, story_prompts=240, story_samples=2,
                       story_tokens=48, honest_requests=12, student_steps=2000, student_batch=32, student_lr=3e-3,
-                      prove_texts=480),
+                      prove_texts=480, detect_seconds=45.0),
     "quick": DemoSizes(teacher_steps=60, eval_n=8, reasoning_prompts=4, story_prompts=120, story_samples=2,
                        story_tokens=40, honest_requests=3, student_steps=400, student_batch=32, student_lr=5e-3,
-                       prove_texts=300),
+                       prove_texts=300, detect_seconds=20.0),
 }
 
 
@@ -124,7 +126,7 @@ def _p(value: float) -> str:
 
 def run_demo(workdir: str | Path = "runs/demo", preset: str = "default", console: Console | None = None,
              quick: bool = False, seed: int = 0, progress: bool = True, json_out: str | Path | None = None) -> dict:
-    """Play the whole story (teacher, gateway, harvest, distillation, block, proof) and return what it measured."""
+    """Play the whole story (teacher, gateway, harvest, distillation, detection, proof) and return what it measured."""
     from stillwatch.models import get_preset
 
     get_preset(preset)  # fail fast on an unknown name
@@ -171,7 +173,9 @@ class _Demo:
             quotas.write_text(QUOTAS)
             settings = _demo_settings(
                 teacher=self.teacher_dir, db_url=self.db_url, admin_key=_secret(), served_model_name="stillwatch",
-                watermark_key=DEMO_WATERMARK_KEY, quotas_file=quotas, max_batch=64, batch_wait_ms=5.0)
+                watermark_key=DEMO_WATERMARK_KEY, quotas_file=quotas, max_batch=64, batch_wait_ms=5.0,
+                # Acts 2-4 are the world without a detector; act 5 turns it on over the same audit log.
+                detection=False, trusted_proxies=["127.0.0.1"])
             from stillwatch.guard.app import create_app
             from stillwatch.guard.loopback import LoopbackServer
 
@@ -182,8 +186,8 @@ class _Demo:
                 self.act_provider()
                 self.act_harvest()
                 self.act_distill()
-                self.act_block()
             self.console.print(f"gateway at {self.base_url} shut down")
+            self.act_detect(settings)
             self.act_prove(settings)
         finally:
             torch.set_num_threads(threads)
@@ -423,44 +427,91 @@ class _Demo:
                   f"{number}; 1/{1 / ratio:.1f} params; {speedup:.1f}x throughput",
                   any(v >= 0.5 for v in learnt.values()) and ratio < 1)
 
-    # -- 5. the provider blocks the distiller ------------------------------------------------------------
+    # -- 5. the detector stops the distiller ---------------------------------------------------------------
 
-    def act_block(self) -> None:
+    def act_detect(self, settings: Any) -> None:
         import openai
 
+        from stillwatch.detect.simulate import SimulationConfig, simulate
         from stillwatch.guard.accounts import AccountStore
+        from stillwatch.guard.app import create_app
         from stillwatch.guard.db import make_engine
+        from stillwatch.guard.detection import detect_database
+        from stillwatch.guard.evidence import evidence_bundle, verify_bundle
+        from stillwatch.guard.loopback import LoopbackServer
 
-        self.console.rule("[bold]5. The provider blocks the distiller's account")
-        reason = "bulk extraction of reasoning traces and stories for distillation"
+        self.console.rule("[bold]5. The provider turns on stillwatch's detector")
         engine = make_engine(self.db_url)
         try:
-            AccountStore(engine).block(DISTILLER, reason=reason)
+            offline = detect_database(engine)
         finally:
             engine.dispose()
-        self.console.print(f"blocked [bold]{DISTILLER}[/bold]: {reason}")
-        messages = [{"role": "user", "content": "add: 4721+3856\n"}]
-        refused: dict[str, Any] = {}
-        with openai.OpenAI(base_url=self.base_url, api_key=self.keys[DISTILLER], max_retries=0) as client:
+        table = Table(title=f"stillwatch detect over the audit log so far (policy {offline['policy']})")
+        for col in ("account", "risk", "action", "requests", "top reason"):
+            table.add_column(col)
+        for a in offline["accounts"]:
+            top = a["reasons"][0] if a["reasons"] else {}
+            table.add_row(a["account"], f"{a['risk']:.3f}", a["action"], str(a["requests"]),
+                          _short(f"{top.get('signal', '')} {top.get('explanation', '')}", 70))
+        self.console.print(table)
+        live = settings.model_copy(update={"detection": True, "detection_interval_s": 0.5})
+        returning = f"{DISTILLER}-kd"
+        with LoopbackServer(create_app(live)) as server:
+            self.console.print(f"the gateway restarts with detection on (the shipped policy); the distiller comes "
+                               f"back as [bold]{returning}-0[/bold] for top-k logprobs, among honest chat users")
+            sim = SimulationConfig(endpoint=server.base_url, seed=self.seed, duration=self.sizes.detect_seconds,
+                                   max_requests=4000, concurrency=16, honest={"chat": 4}, attackers={"bulk": 1},
+                                   model="stillwatch", prefix=returning)
+            outcome = simulate(sim, live.admin_key.get_secret_value())
+            engine = make_engine(self.db_url)
             try:
-                client.chat.completions.create(model="stillwatch", messages=messages, max_tokens=96, temperature=0)
-                refused = {"exception": None}
-            except openai.APIStatusError as exc:
-                refused = {"exception": type(exc).__name__, "status": exc.status_code, "code": exc.code,
-                           "message": exc.message}
-        self.console.print(f"the distiller's next request: {refused.get('exception')} "
-                           f"(HTTP {refused.get('status')}, code {refused.get('code')!r}): {refused.get('message')}")
-        with openai.OpenAI(base_url=self.base_url, api_key=self.keys[HONEST], max_retries=0) as client:
-            raw = client.chat.completions.with_raw_response.create(model="stillwatch", messages=messages,
-                                                                   max_tokens=96, temperature=0)
+                store = AccountStore(engine)
+                account = _wait_for(lambda: _stopped(store, f"{returning}-bulk-0"), 30.0) \
+                    or store.get_account(f"{returning}-bulk-0")
+                from stillwatch.guard.actions import account_with_history
+
+                shown = account_with_history(store, f"{returning}-bulk-0")
+                bundle = evidence_bundle(store, f"{returning}-bulk-0")
+                honest_actions = sum(len(account_with_history(store, c["account"])["actions"])
+                                     for c in outcome["accounts"] if c["kind"] == "honest")
+            finally:
+                engine.dispose()
+            messages = [{"role": "user", "content": "add: 4721+3856\n"}]
+            with openai.OpenAI(base_url=server.base_url, api_key=self.keys[HONEST], max_retries=0) as client:
+                raw = client.chat.completions.with_raw_response.create(model="stillwatch", messages=messages,
+                                                                       max_tokens=96, temperature=0)
         answer = (raw.parse().choices[0].message.content or "").strip()
+        first = next((a for a in shown["actions"] if a["action"] in ("hide_reasoning", "degrade", "block")), None)
+        table = Table(title=f"what the detector did to {returning}-bulk-0")
+        for col in ("action", "risk", "after requests", "reasons"):
+            table.add_column(col)
+        for a in shown["actions"]:
+            ev = a["evidence"]
+            table.add_row(a["action"], f"{a['risk']:.3f}", str(ev.get("requests")),
+                          _short("; ".join(f"{r['signal']} +{r['contribution']:.1f}" for r in ev.get("reasons", [])),
+                                 70))
+        self.console.print(table)
+        bundle_path = self.run_dir / "evidence.json"
+        bundle_path.write_text(json.dumps(bundle, indent=1, default=str) + "\n")
+        problems = verify_bundle(bundle)
+        harvester = next(c for c in outcome["accounts"] if c["account"] == f"{returning}-bulk-0")
+        self.console.print(f"{returning}-bulk-0 sent {harvester['sent']} requests, {harvester['ok']} answered; "
+                           f"evidence bundle {bundle_path} ({len(bundle['records'])} cited records, "
+                           f"{'hashes and chain hold' if not problems else 'PROBLEMS: ' + '; '.join(problems)})")
         self.console.print(f"the honest user's request: HTTP {raw.status_code}, [italic]{answer[:100]}[/italic]")
-        blocked = refused.get("exception") == "PermissionDeniedError" and refused.get("code") == "account_blocked"
-        self.result.numbers["block"] = {"distiller": refused, "honest_status": raw.status_code,
-                                        "honest_answer": answer}
-        self.step("5. block", "the distiller is cut off, the honest user is not",
-                  f"distiller {refused.get('status')} {refused.get('code')}; honest user {raw.status_code}",
-                  blocked and raw.status_code == 200)
+        stopped = first is not None
+        self.result.numbers["detect"] = {
+            "offline": [{k: a[k] for k in ("account", "risk", "action", "requests")} for a in offline["accounts"]],
+            "action": first and first["action"], "risk": first and first["risk"],
+            "requests_before": first and first["evidence"].get("requests"),
+            "tokens_before": first and first["evidence"].get("tokens"),
+            "harvester": harvester, "honest_actions": honest_actions, "honest_status": raw.status_code,
+            "honest_answer": answer, "evidence_problems": problems, "evidence": str(bundle_path)}
+        number = (f"{first['action']} after {first['evidence'].get('requests')} requests (risk {first['risk']:.2f})"
+                  if first else "not stopped")
+        self.step("5. detect", "the detector stops the returning distiller with evidence; honest users untouched",
+                  f"{number}; honest users {honest_actions} actions, HTTP {raw.status_code}",
+                  stopped and honest_actions == 0 and raw.status_code == 200 and not problems)
 
     # -- 6. forensics ------------------------------------------------------------------------------------
 
@@ -530,6 +581,21 @@ class _Demo:
         self.console.print(f"everything is in {self.run_dir} (summary: {self.run_dir / 'demo.json'})")
 
 
+def _stopped(store: Any, name: str) -> dict | None:
+    account = store.get_account(name)
+    return account if account["blocked"] or account["hide_reasoning"] or account["degraded"] else None
+
+
+def _wait_for(predicate: Any, seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    return predicate()
+
+
 def _secret() -> str:
     import secrets
 
@@ -541,8 +607,7 @@ def _watermark_config(settings: Any = None):
 
     if settings is None:
         return WatermarkConfig(key=DEMO_WATERMARK_KEY)
-    return WatermarkConfig(key=DEMO_WATERMARK_KEY, gamma=settings.watermark_gamma, delta=settings.watermark_delta,
-                           context_width=settings.watermark_context_width)
+    return WatermarkConfig.from_settings(settings, key=DEMO_WATERMARK_KEY)
 
 
 def _prompt_text(prompt: str | None) -> str:

@@ -17,6 +17,18 @@ _TEACHER_SOURCES = ["tasks/base.py", "tasks/arithmetic.py", "tasks/story.py", "t
                     "teach.py", "train.py", "data.py"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_shell_settings():
+    """Tests never read the user's STILLWATCH_* variables (a shell with STILLWATCH_DB or an admin key set
+    would change what they test); STILLWATCH_TEST_* say where the test services are, and stay. Session-wide,
+    so that module fixtures building settings see a clean environment too; tests set variables with
+    monkeypatch, which restores them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith("STILLWATCH_") and not k.startswith("STILLWATCH_TEST_")]:
+            patch.delenv(name)
+        yield
+
+
 def _source_hash() -> str:
     digest = hashlib.sha256()
     for rel in _TEACHER_SOURCES:

@@ -11,6 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stillwatch.forensics.config import WatermarkConfig, default_of
+
+# The watermark's defaults, from its one config object (forensics/config.py), never copied here.
+GAMMA, DELTA, WIDTH, SEEDING = (default_of(WatermarkConfig, n) for n in ("gamma", "delta", "context_width",
+                                                                         "seeding"))
+
 watermark_app = typer.Typer(help="Watermark keys and detection.", no_args_is_help=True)
 
 KEY_FILE_HELP = "File holding the watermark secret (default: the env STILLWATCH_WATERMARK_KEY)."
@@ -48,10 +54,10 @@ def detect_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Model directory with the teacher's "
                                              "tokenizer (default: the store's teacher, or $STILLWATCH_TEACHER)."),
     key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help=KEY_FILE_HELP),
-    gamma: float = typer.Option(0.25, "--gamma", help="Green-list fraction γ used at generation."),
-    delta: float = typer.Option(2.0, "--delta", help="Green-list bias δ used at generation."),
-    context_width: int = typer.Option(1, "--context-width", help="Watermark window width (tokens)."),
-    seeding: str = typer.Option("lefthash", "--seeding", help="lefthash or selfhash."),
+    gamma: float = typer.Option(GAMMA, "--gamma", help="Green-list fraction γ used at generation."),
+    delta: float = typer.Option(DELTA, "--delta", help="Green-list bias δ used at generation."),
+    context_width: int = typer.Option(WIDTH, "--context-width", help="Watermark window width (tokens)."),
+    seeding: str = typer.Option(SEEDING, "--seeding", help="lefthash or selfhash."),
     threshold: float = typer.Option(4.0, "--threshold", help="z-score at or above which a text is flagged."),
     keep_repeats: bool = typer.Option(False, "--keep-repeated-ngrams", help="Score repeated n-grams every time."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (one object per text) instead of a table."),
@@ -121,9 +127,10 @@ def prove_cmd(
     control: Optional[list[Path]] = typer.Option(None, "--control", help="Reference model known not to be "
                                                  "derived (repeatable): must come out p >= 0.01."),
     key_file: Optional[Path] = typer.Option(None, "--watermark-key-file", help=KEY_FILE_HELP),
-    gamma: Optional[float] = typer.Option(None, "--gamma", help="γ (default: the store's, else 0.25)."),
-    delta: Optional[float] = typer.Option(None, "--delta", help="δ (default: the store's, else 2.0)."),
-    context_width: Optional[int] = typer.Option(None, "--context-width", help="Window (default: the store's, else 1)."),
+    gamma: Optional[float] = typer.Option(None, "--gamma", help=f"γ (default: the store's, else {GAMMA})."),
+    delta: Optional[float] = typer.Option(None, "--delta", help=f"δ (default: the store's, else {DELTA})."),
+    context_width: Optional[int] = typer.Option(None, "--context-width",
+                                                help=f"Window (default: the store's, else {WIDTH})."),
     seeding: Optional[str] = typer.Option(None, "--seeding", help="lefthash or selfhash (default: the store's)."),
     alpha: float = typer.Option(1e-4, "--alpha", help="Significance level for the verdict 'derived'."),
     max_texts: int = typer.Option(4000, "--max-texts", min=1, help="Evidence texts read (open mode)."),
@@ -158,10 +165,10 @@ def prove_cmd(
     from stillwatch.forensics.prove import stored_watermark
 
     recorded = stored_watermark(evidence) or {}
-    config = _config(key_file, gamma if gamma is not None else recorded.get("gamma", 0.25),
-                     delta if delta is not None else recorded.get("delta", 2.0),
-                     context_width if context_width is not None else recorded.get("context_width", 1),
-                     seeding or recorded.get("seeding", "lefthash"))
+    config = _config(key_file, gamma if gamma is not None else recorded.get("gamma", GAMMA),
+                     delta if delta is not None else recorded.get("delta", DELTA),
+                     context_width if context_width is not None else recorded.get("context_width", WIDTH),
+                     seeding or recorded.get("seeding", SEEDING))
     if recorded.get("key_fingerprint") not in (None, config.fingerprint):
         raise ConfigError(f"this key (fingerprint {config.fingerprint}) is not the one that watermarked "
                           f"{evidence} (fingerprint {recorded['key_fingerprint']})")

@@ -8,7 +8,20 @@ from typing import Optional
 
 import typer
 
+from stillwatch.guard.settings import GuardSettings, default_text, env_name
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def setting(name: str, *flags: str, **kwargs) -> typer.models.OptionInfo:
+    """A `serve` option for one GuardSettings field: its help, default and variable come from the field,
+    so that the CLI never holds a second copy (an unset option leaves the field to the environment)."""
+    field = GuardSettings.model_fields[name]
+    default = default_text(name)
+    shown = "" if default == "none" else f"default {default}; "
+    # Parentheses, not brackets: Typer's rich help reads [...] as markup.
+    return typer.Option(None, *flags, help=f"{field.description} ({shown}env {env_name(name)})",
+                        show_default=False, **kwargs)
 
 
 def _secret(path: Optional[Path], what: str) -> Optional[str]:
@@ -18,34 +31,29 @@ def _secret(path: Optional[Path], what: str) -> Optional[str]:
 
 
 def serve(
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Serve this model directory in process."),
-    upstream: Optional[str] = typer.Option(None, "--upstream",
-                                           help="Or proxy this OpenAI-compatible base URL (e.g. http://HOST:8001/v1)."),
-    db: Optional[str] = typer.Option(None, "--db", help="Database URL (default: STILLWATCH_DB, else "
-                                                        "sqlite:///stillwatch.db; postgresql://… for replicas)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", min=0, max=65535, help="Port (default 8000)."),
+    teacher: Optional[Path] = setting("teacher", "--teacher"),
+    upstream: Optional[str] = setting("upstream", "--upstream"),
+    db: Optional[str] = setting("db_url", "--db"),
+    host: Optional[str] = setting("host", "--host"),
+    port: Optional[int] = setting("port", "--port"),
     admin_key_file: Optional[Path] = typer.Option(None, "--admin-key-file",
                                                   help="File holding the admin key (else env STILLWATCH_ADMIN_KEY)."),
     watermark_key_file: Optional[Path] = typer.Option(
         None, "--watermark-key-file", help="File holding the watermark secret (else env STILLWATCH_WATERMARK_KEY)."),
     upstream_key_file: Optional[Path] = typer.Option(
         None, "--upstream-key-file", help="File holding the upstream's API key (else STILLWATCH_UPSTREAM_API_KEY)."),
-    quotas: Optional[Path] = typer.Option(None, "--quotas", help="Quotas TOML file (default: built-in limits)."),
-    rate_limit_storage: Optional[str] = typer.Option(
-        None, "--rate-limit-storage", help="memory:// (one replica) or redis://HOST:PORT (shared by replicas)."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model id clients use."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Most sequences per local model call."),
-    batch_wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", min=0.0,
-                                                  help="How long to gather a batch (local backend)."),
-    torch_threads: Optional[int] = typer.Option(None, "--torch-threads", min=1,
-                                                help="torch intra-op threads for --teacher (default: torch's)."),
-    antidistill_proxy: Optional[Path] = typer.Option(
-        None, "--antidistill-proxy", help="Proxy student for antidistillation sampling of degraded accounts."),
-    antidistill_all: bool = typer.Option(False, "--antidistill-all",
-                                         help="Antidistillation sampling for every account, not only degraded ones."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Detection policy YAML (default: the built-in "
-                                          "one); checked at start-up."),
+    quotas: Optional[Path] = setting("quotas_file", "--quotas"),
+    rate_limit_storage: Optional[str] = setting("rate_limit_storage", "--rate-limit-storage"),
+    served_model_name: Optional[str] = setting("served_model_name", "--served-model-name"),
+    max_tokens_limit: Optional[int] = setting("max_tokens_limit", "--max-tokens-limit"),
+    max_batch: Optional[int] = setting("max_batch", "--max-batch"),
+    batch_wait_ms: Optional[float] = setting("batch_wait_ms", "--batch-wait-ms"),
+    torch_threads: Optional[int] = setting("torch_threads", "--torch-threads"),
+    antidistill_proxy: Optional[Path] = setting("antidistill_proxy", "--antidistill-proxy"),
+    antidistill_all: Optional[bool] = setting("antidistill_all", "--antidistill-all/--no-antidistill-all"),
+    policy: Optional[Path] = setting("policy_file", "--policy"),
+    log_format: Optional[str] = setting("log_format", "--log-format"),
+    log_prompts: Optional[bool] = setting("log_prompts", "--log-prompts/--no-log-prompts"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log each request line."),
 ) -> None:
@@ -60,9 +68,7 @@ def serve(
     from stillwatch.guard.settings import GuardSettings
     from stillwatch.redact import redact_url
 
-    if (teacher is None) == (upstream is None):
-        raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
-    if teacher is not None:
+    if teacher is not None and upstream is None:
         from stillwatch.models import resolve_model_dir
 
         teacher = resolve_model_dir(teacher)
@@ -74,15 +80,14 @@ def serve(
              "upstream_api_key": _secret(upstream_key_file, "upstream key"), "quotas_file": quotas,
              "rate_limit_storage": rate_limit_storage, "served_model_name": served_model_name,
              "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "torch_threads": torch_threads,
-             "antidistill_proxy": antidistill_proxy, "antidistill_all": antidistill_all or None,
-             "policy_file": policy}
+             "antidistill_proxy": antidistill_proxy, "antidistill_all": antidistill_all,
+             "policy_file": policy, "max_tokens_limit": max_tokens_limit, "log_format": log_format,
+             "log_prompts": log_prompts}
     try:
         settings = GuardSettings(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:  # pydantic's ValidationError, e.g. a malformed STILLWATCH_* variable
-        raise ConfigError(f"bad setting: {str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") \
-            from None
-    if settings.watermark_key is not None and settings.upstream is not None:
-        raise ConfigError("a watermark key applies to --teacher; an upstream watermarks (or not) itself")
+        raise ConfigError(f"bad setting: {_first_error(exc)}") from None
+    settings.backend_kind()  # exactly one backend (the settings' own rule)
     if settings.host not in LOOPBACK:
         print(f"stillwatch: warning: binding {settings.host}, reachable beyond this machine", file=sys.stderr)
     # Everything that can fail does so here, as one line, before the address is taken and "serving" said.
@@ -107,6 +112,17 @@ def serve(
         sock.close()
     if not server.started:  # the lifespan failed after the checks above; uvicorn has logged why
         raise ConfigError("the gateway did not start (see the log above)")
+
+
+def _first_error(exc: ValueError) -> str:
+    """pydantic's first complaint in one line: "field: message" (a model rule has no field)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = str(first.get("msg", "")).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    return str(exc).splitlines()[0]
 
 
 def _bind(host: str, port: int):  # -> socket.socket

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import inspect
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -30,22 +29,7 @@ from transformers import DynamicCache, LogitsProcessor, PreTrainedModel, PreTrai
 
 from stillwatch.data import causal_lm_loss, encode_pairs
 from stillwatch.errors import ConfigError, TokenizerMismatchError
-
-
-@dataclass(frozen=True)
-class AntidistillConfig:
-    """λ (strength), ε (finite-difference step) and the held-out set that defines the student's loss."""
-
-    lam: float = 0.1  # the benchmark's best trade-off with a competent proxy; Δ's scale depends on the proxy
-    epsilon: float = 1e-2
-    holdout_tasks: tuple[str, ...] = ("add", "mul", "chain")
-    holdout_n: int = 64
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.lam < 0 or self.epsilon <= 0 or self.holdout_n < 1:
-            raise ConfigError(f"impossible antidistillation settings: lambda={self.lam} epsilon={self.epsilon} "
-                              f"holdout_n={self.holdout_n}")
+from stillwatch.forensics.config import AntidistillConfig
 
 
 def holdout_gradient(proxy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
@@ -164,6 +148,4 @@ def gateway_processor(settings, teacher) -> AntidistillProcessor:
     if proxy is None:
         raise ConfigError("antidistillation sampling needs a proxy student: set STILLWATCH_ANTIDISTILL_PROXY "
                           "to a small model directory with the teacher's tokenizer")
-    config = AntidistillConfig(lam=getattr(settings, "antidistill_lambda", AntidistillConfig.lam),
-                               epsilon=getattr(settings, "antidistill_epsilon", AntidistillConfig.epsilon))
-    return antidistill_processor(teacher, proxy, config)
+    return antidistill_processor(teacher, proxy, AntidistillConfig.from_settings(settings))

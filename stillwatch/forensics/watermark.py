@@ -15,99 +15,21 @@ Use `len(tokenizer)` as `vocab_size` on both sides: the green lists are permutat
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from scipy.stats import binom, norm
-from transformers import WatermarkingConfig
 from transformers.generation.logits_process import WatermarkLogitsProcessor
 
 from stillwatch.errors import ConfigError
+from stillwatch.forensics.config import (KEY_ENV, TRANSFORMERS_DEFAULT_KEY, Seeding,  # noqa: F401 - re-exported
+                                         WatermarkConfig)
 from stillwatch.keyfiles import read_secret_file
-
-KEY_ENV = "STILLWATCH_WATERMARK_KEY"
-Seeding = Literal["lefthash", "selfhash"]
-_KEY_LABEL = b"stillwatch/watermark/hashing-key/v1"
-_WINDOW_LABEL = b"stillwatch/watermark/window-hash/v1"
-_FINGERPRINT_LABEL = b"stillwatch/watermark/fingerprint/v1"
-TRANSFORMERS_DEFAULT_KEY = 15485863  # the public key in transformers' docs: never used here
-
-
-def _hmac(secret: str, label: bytes) -> bytes:
-    return hmac.new(secret.encode("utf-8"), label, hashlib.sha256).digest()
-
-
-@dataclass(frozen=True)
-class WatermarkConfig:
-    """Green-list watermark settings: γ (green fraction), δ (logit bias), context width and seeding scheme.
-
-    Defaults: γ=0.25 and δ=2.0 (Kirchenbauer et al.'s recommended operating point) with a one-token `lefthash`
-    window. A bias of δ changes a greedy choice only where the top two logits are closer than δ, so confident
-    (low-entropy) reasoning tokens keep their argmax while open-ended tokens carry the signal; bench/forensics.py
-    measures the accuracy cost per task.
-    """
-
-    key: str = field(repr=False)
-    gamma: float = 0.25
-    delta: float = 2.0
-    context_width: int = 1
-    seeding: Seeding = "lefthash"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.key, str) or not self.key:
-            raise ConfigError("the watermark key must be a non-empty secret string")
-        if not 0.0 < self.gamma < 1.0:
-            raise ConfigError(f"watermark gamma must be in (0, 1), got {self.gamma}")
-        if self.delta < 0:
-            raise ConfigError(f"watermark delta must be >= 0, got {self.delta}")
-        if not 1 <= self.context_width <= 16:
-            raise ConfigError(f"watermark context width must be between 1 and 16, got {self.context_width}")
-        if self.seeding not in ("lefthash", "selfhash"):
-            raise ConfigError(f"watermark seeding must be lefthash or selfhash, got {self.seeding!r}")
-
-    @property
-    def hashing_key(self) -> int:
-        """The integer key for transformers' processor: HMAC-SHA256(secret) truncated to 63 bits."""
-        value = int.from_bytes(_hmac(self.key, _KEY_LABEL)[:8], "big") & ((1 << 63) - 1)
-        return value if value not in (0, TRANSFORMERS_DEFAULT_KEY) else value + 1
-
-    @property
-    def window_key(self) -> bytes:
-        """The BLAKE2b key for hashing windows wider than one token."""
-        return _hmac(self.key, _WINDOW_LABEL)[:32]
-
-    @property
-    def fingerprint(self) -> str:
-        """A public identifier of the key (reports name the key without revealing it)."""
-        return _hmac(self.key, _FINGERPRINT_LABEL)[:6].hex()
-
-    @property
-    def window(self) -> int:
-        """Tokens before the scored token that decide its green list (selfhash also uses the token itself)."""
-        return self.context_width if self.seeding == "lefthash" else self.context_width - 1
-
-    @property
-    def transformers_compatible(self) -> bool:
-        """True when transformers' own processor and detector implement exactly this configuration."""
-        return self.seeding == "selfhash" or self.context_width == 1
-
-    def to_transformers(self) -> WatermarkingConfig:
-        """The same settings as a `transformers.WatermarkingConfig` (for `WatermarkDetector`)."""
-        return WatermarkingConfig(greenlist_ratio=self.gamma, bias=self.delta, hashing_key=self.hashing_key,
-                                  seeding_scheme=self.seeding, context_width=self.context_width)
-
-    def public_dict(self) -> dict:
-        """Settings for reports and stores: everything but the secret, plus its fingerprint."""
-        return {"scheme": "kirchenbauer-greenlist", "gamma": self.gamma, "delta": self.delta,
-                "context_width": self.context_width, "seeding": self.seeding, "key_fingerprint": self.fingerprint}
-
 
 def load_watermark_key(key_file: Path | str | None = None) -> str | None:
     """The watermark secret from `key_file` when given, else from the env STILLWATCH_WATERMARK_KEY, else None."""
@@ -241,10 +163,4 @@ def detect(token_ids: Sequence[int], config: WatermarkConfig, prompt_ids: Sequen
 
 def gateway_processor(settings, teacher) -> KeyedWatermarkProcessor:
     """The gateway hook: the watermark processor for a local backend, from `GuardSettings`."""
-    secret = settings.watermark_key.get_secret_value() if settings.watermark_key is not None else None
-    if not secret:
-        raise ConfigError("the gateway's watermark needs a key (STILLWATCH_WATERMARK_KEY or --watermark-key-file)")
-    config = WatermarkConfig(key=secret, gamma=getattr(settings, "watermark_gamma", 0.25),
-                             delta=getattr(settings, "watermark_delta", 2.0),
-                             context_width=getattr(settings, "watermark_context_width", 1))
-    return watermark_processor(config, len(teacher.tokenizer))
+    return watermark_processor(WatermarkConfig.from_settings(settings), len(teacher.tokenizer))

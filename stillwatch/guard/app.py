@@ -10,7 +10,6 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 
 import stillwatch
-from stillwatch.errors import ConfigError
 from stillwatch.guard.accounts import AccountStore
 from stillwatch.guard.admin import admin_router
 from stillwatch.guard.audit import AuditLog
@@ -34,10 +33,8 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
 
     `backend` replaces the one the settings describe (tests, benchmarks)."""
     settings = settings or GuardSettings()
-    if backend is None and (settings.teacher is None) == (settings.upstream is None):
-        raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
-    if settings.max_body_bytes < 1 or settings.max_n < 1 or settings.max_batch < 1:
-        raise ConfigError("max_body_bytes, max_n and max_batch must be positive")
+    if backend is None:
+        settings.backend_kind()  # ConfigError unless the settings name exactly one backend
     engine = make_engine(settings.db_url, settings.sqlite_synchronous)
     store, audit = AccountStore(engine), AuditLog(engine, settings)
     quotas = Quotas(settings.rate_limit_storage, settings.quotas_file, store=QuotaStore(engine))

@@ -595,11 +595,7 @@ KIND_NAMES = {"chat": "chat completion", "completions": "completion", "responses
 
 def make_backend(settings: GuardSettings) -> Backend:
     """The backend the settings ask for (a local model is loaded here, which takes a moment)."""
-    from stillwatch.errors import ConfigError
-
-    if (settings.teacher is None) == (settings.upstream is None):
-        raise ConfigError("give exactly one of --teacher DIR or --upstream URL")
-    if settings.upstream is not None:
+    if settings.backend_kind() == "upstream":
         return ProxyBackend(settings)
     from stillwatch.guard.hooks import load_hooks
     from stillwatch.teachers.local import LocalTeacher

@@ -1,16 +1,15 @@
 """Forensics hooks: the logits processors the local backend adds to generation.
 
-Kept behind this one seam so that the gateway runs before `stillwatch.forensics` exists, and so that the
-backend never needs to know how a watermark or antidistillation sampling works.
+One seam, so that the backend never needs to know how a watermark or antidistillation sampling works. Both
+are built from `GuardSettings` (`WatermarkConfig.from_settings`, `AntidistillConfig.from_settings`), so the
+γ, δ, width, λ and ε a gateway serves are the ones its settings say.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from stillwatch.errors import ConfigError
 from stillwatch.guard.settings import GuardSettings
 
 
@@ -26,25 +25,13 @@ class ForensicsHooks:
         return tuple(self.always) + (tuple(self.degrade) if degraded else ())
 
 
-def _factory(module: str, name: str, what: str):
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(f"{what} is configured but {module} cannot be imported: {exc}") from None
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise ConfigError(f"{what} is configured but {module} has no {name}()")
-    return fn
-
-
 def load_hooks(settings: GuardSettings, teacher: Any) -> ForensicsHooks:
     """Build the processors the settings ask for; refuse to start rather than serve unwatermarked text."""
     always: list[Any] = []
     if settings.watermark_key is not None:
-        config_cls = _factory("stillwatch.forensics.watermark", "WatermarkConfig", "a watermark key")
-        make = _factory("stillwatch.forensics.watermark", "watermark_processor", "a watermark key")
-        config = config_cls(key=settings.watermark_key.get_secret_value())
-        always.append(make(config, int(teacher.model.config.vocab_size)))
+        from stillwatch.forensics.watermark import gateway_processor  # torch and transformers: only here
+
+        always.append(gateway_processor(settings, teacher))
     # The antidistillation processor is built lazily on the first degraded request: it needs a proxy student,
     # which most deployments never load.
     return ForensicsHooks(always=always, degrade=_LazyAntidistill(settings, teacher))
@@ -58,8 +45,9 @@ class _LazyAntidistill(Sequence):
 
     def _get(self) -> Any:
         if self._item is None:
-            make = _factory("stillwatch.forensics.antidistill", "gateway_processor", "antidistillation sampling")
-            self._item = make(self.settings, self.teacher)
+            from stillwatch.forensics.antidistill import gateway_processor
+
+            self._item = gateway_processor(self.settings, self.teacher)
         return self._item
 
     def __len__(self) -> int:
