@@ -197,6 +197,8 @@ async def run(config: SimulationConfig, admin_key: str | None) -> dict[str, Any]
                 api = apis[c.account] = openai.AsyncOpenAI(
                     api_key=c.key, base_url=config.base_url_for(index[c.account]), http_client=pool, max_retries=0,
                     default_headers={"X-Forwarded-For": c.addr, "User-Agent": f"stillwatch-sim/{c.profile}"})
+            if budget["left"] <= 0:  # again: others spent it while this one waited for its key
+                return
             budget["left"] -= 1
             async with sem:
                 status, tokens = await _send(api, model, c, p)
