@@ -1,8 +1,9 @@
 """Benchmark: does the gateway, as shipped, stop distillers while honest users keep working; detection.json.
 
-    nice -n 10 python bench/detection.py --seeds 0 1 2   # the quoted run: 1,000 honest accounts, 35 attackers
-                                                         # (5 of every profile) and a 100-account campaign per
-                                                         # seed through a live gateway, then the students
+    nice -n 10 python bench/detection.py --seeds 0 1 2   # the target: 1,000 honest accounts, 30 attacker
+                                                         # identities over every profile and a 100-account
+                                                         # campaign per seed through a live gateway, then the
+                                                         # students (about an hour per seed on 2 shared cores)
     python bench/detection.py --seeds 0                  # one seed (the JSON says which seeds it holds)
     python bench/detection.py --smoke                    # tiny sizes, to keep the script working in CI
 
@@ -22,8 +23,10 @@ the traffic, never from the simulator's labels:
     scores 0) against the in-process teacher's on the same prompts with the same parameters;
   * baselines on the same traffic: plain PRADA and plain MMD as account-level detectors on their own;
   * cost: detector memory per account (tracemalloc) and the time of `Detector.observe` per event.
-Students are trained per attacker identity on the first seed, and per profile (the union of its identities'
-harvests) on the others, to fit 2 CPU cores; the JSON says which. Figures over seeds: median and worst.
+Students are trained per profile (the union of its identities' harvests: at least what any one of them got) to
+fit 2 CPU cores; `--identity-students` trains one per attacker identity on the first seed. Each student trains
+40 epochs over its harvest within [100, 3000] steps; the control gets 3000. Figures over seeds: median and
+worst. The JSON is rewritten after every phase, so a run stopped part-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -70,12 +73,16 @@ PROFILES = tuple(p for p in ATTACKERS if p != "campaign")
 STOPPING = ("block", "degrade", "hide_reasoning")
 TOUCHING = ("flag", "throttle", "hide_reasoning", "degrade", "block")
 SIZES = {
-    # Honest accounts are mostly people chatting, with the heavy honest profiles that look most like
-    # harvesters (one-task apps, eval runners, temperature-sweeping researchers) well represented.
-    "full": dict(honest={"chat": 900, "app": 40, "eval": 30, "researcher": 30}, attackers={p: 5 for p in PROFILES},
-                 campaign=100, duration=420.0, concurrency=48, max_requests=200_000, preset="student",
+    # Honest accounts are mostly people chatting, plus ten of each heavy honest profile that looks most like a
+    # harvester (one-task apps, eval runners, temperature-sweeping researchers). 30 attacker identities over the
+    # seven profiles and a 100-account campaign. The duration keeps the offered load near what the builtin
+    # teacher serves on 2 shared cores, so that the gateway's clock, not its queue, paces the clients.
+    "full": dict(honest={"chat": 970, "app": 10, "eval": 10, "researcher": 10},
+                 attackers={"bulk": 4, "slow": 4, "camouflage": 4, "paraphrase": 4, "elicit": 5, "diversity": 4,
+                            "underlimit": 5},
+                 campaign=100, duration=1500.0, concurrency=48, max_requests=200_000, preset="student",
                  epochs=40, min_steps=100, max_steps=3000, batch_size=16, lr=3e-3, eval_n=50, control_prompts=None,
-                 cost_accounts=400),
+                 cost_accounts=200),
     "smoke": dict(honest={"chat": 6, "app": 1, "eval": 1, "researcher": 1}, attackers={p: 1 for p in PROFILES},
                   campaign=4, duration=8.0, concurrency=16, max_requests=300, preset="student-tiny",
                   epochs=1, min_steps=3, max_steps=4, batch_size=8, lr=3e-3, eval_n=4, control_prompts=40,
@@ -549,6 +556,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="simulator and student seeds")
     parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default: the shipped one)")
     parser.add_argument("--no-students", action="store_true", help="skip the distillation (traffic and outcome only)")
+    parser.add_argument("--identity-students", action="store_true",
+                        help="a student per attacker identity on the first seed (default: per profile on every seed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()  # one bar per student load would bury the table
@@ -561,7 +570,19 @@ def main() -> None:
     teacher_acc = {t: v["accuracy"] for t, v in t_report["tasks"].items()}
     print(f"teacher accuracy (n={size['eval_n']} per task): {teacher_acc}", flush=True)
 
-    seeds_out = []
+    seeds_out: list[dict] = []
+    result = {"benchmark": "detection", **run_info(args.seeds[0]), "seeds": args.seeds, "smoke": args.smoke,
+              "sizes": dict(size), "students_per": "attacker identity on the first seed, profile on the others"
+              if args.identity_students else "profile (the union of its identities' harvests) on every seed",
+              "teacher": _shown(teacher_dir), "teacher_accuracy": teacher_acc, "goals": GOALS}
+    result["machine"].update(bench_torch_threads=1, gateway_torch_threads=1)
+
+    def write(done: bool) -> None:
+        """The results so far (a long run that stops part-way keeps what it measured)."""
+        result.update(complete=done, seeds_done=[s["seed"] for s in seeds_out], summary=overall(seeds_out),
+                      per_seed=seeds_out)
+        out_path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench-detection-") as tmpdir:
         tmp = Path(tmpdir)
         for n, seed in enumerate(args.seeds):
@@ -576,28 +597,30 @@ def main() -> None:
             entry = {"seed": seed, "traffic": run["outcome"]["totals"], "traffic_s": round(run["traffic_s"], 1),
                      "settle_s": round(run["settle_s"], 1), "gateway_errors": run["gateway_log_tail"],
                      "outcome": summary, "baselines": baselines(run["state"], rows, seed),
-                     "honest_accuracy": honest_accuracy(run["state"], rows, teacher, seed)}
+                     "honest_accuracy": honest_accuracy(run["state"], rows, teacher, seed), "accounts": rows}
+            seeds_out.append(entry)
+            write(False)
             if not args.no_students:
-                per_identity = n == 0
+                per_identity = args.identity_students and n == 0
                 entry["students_per"] = "attacker identity" if per_identity else "profile"
                 entry["students"] = students(run["state"], rows, teacher, teacher_acc, size, seed, per_identity,
                                              tmp / f"students-{seed}")
+                write(False)
                 if n == 0:
                     entry["control"] = control_students(teacher, teacher_acc, size, seed, tmp / "control")
-            entry["accounts"] = rows
             entry["seconds"] = round(time.monotonic() - began, 1)
-            seeds_out.append(entry)
+            write(False)
             print(f"  seed {seed} done in {entry['seconds']:.0f} s", flush=True)
-    cost = detector_cost(size["cost_accounts"], args.seeds[0])
-    result = {"benchmark": "detection", **run_info(args.seeds[0]), "seeds": args.seeds, "smoke": args.smoke,
-              "sizes": {k: v for k, v in size.items()}, "teacher": str(teacher_dir.relative_to(ROOT))
-              if teacher_dir.is_relative_to(ROOT) else str(teacher_dir), "teacher_accuracy": teacher_acc,
-              "goals": GOALS, "summary": overall(seeds_out), "cost": cost, "per_seed": seeds_out}
-    result["machine"]["torch_threads_bench"] = 1
-    result["machine"]["gateway_torch_threads"] = 1
-    out_path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    result["cost"] = detector_cost(size["cost_accounts"], args.seeds[0])
+    write(True)
     print_table(result)
     print(f"wrote {out_path.relative_to(ROOT)}")
+
+
+def _shown(path: Path) -> str:
+    """A path as results record it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def overall(seeds: list[dict]) -> dict:
