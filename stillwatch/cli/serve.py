@@ -64,6 +64,7 @@ def serve(
     from stillwatch.guard.app import create_app
     from stillwatch.guard.backends import make_backend
     from stillwatch.guard.db import open_database
+    from stillwatch.guard.logs import log_config
     from stillwatch.guard.quotas import Quotas
     from stillwatch.guard.settings import GuardSettings
     from stillwatch.redact import redact_url
@@ -101,8 +102,11 @@ def serve(
     try:
         app = create_app(settings, backend=make_backend(settings))
         # proxy_headers off: the gateway itself believes X-Forwarded-For only from `trusted_proxies`.
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log,
-                                               timeout_graceful_shutdown=10, proxy_headers=False))
+        structured = settings.log_format == "json"
+        # JSON lines for every logger; the request line replaces uvicorn's access line.
+        logging = {"log_config": log_config(log_level)} if structured else {}
+        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log and not structured,
+                                               timeout_graceful_shutdown=10, proxy_headers=False, **logging))
         what = f"teacher {settings.teacher}" if settings.teacher else f"upstream {redact_url(settings.upstream or '')}"
         print(f"stillwatch: serving {what} as '{settings.served_model_name}' on "
               f"http://{_url_host(settings.host)}:{sock.getsockname()[1]}/v1 "

@@ -27,6 +27,18 @@ from stillwatch.guard.settings import GuardSettings
 log = logging.getLogger("stillwatch.guard")
 
 
+def detector_action_counts(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """How many of each action the online detector has applied (the account_actions it recorded)."""
+    from sqlalchemy import func, select
+
+    from stillwatch.guard.tables import AccountAction
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(AccountAction.action, func.count()).where(AccountAction.source == "detector")
+                            .group_by(AccountAction.action)).all()
+    return {action: int(n) for action, n in rows}
+
+
 def create_app(settings: GuardSettings | None = None, backend: Backend | None = None) -> FastAPI:
     """A FastAPI app for `settings`; its lifespan migrates the database, loads the backend (a local model,
     or a pooled client to `--upstream`) and starts the audit writer, and stops them in reverse order.
@@ -39,6 +51,10 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     store, audit = AccountStore(engine), AuditLog(engine, settings)
     quotas = Quotas(settings.rate_limit_storage, settings.quotas_file, store=QuotaStore(engine))
     metrics = Metrics()
+    audit.on_commit = metrics.audit_commit.observe
+    metrics.watch_queue("audit", audit.queue_depth)
+    if settings.detection:
+        metrics.watch_detector_actions(lambda: detector_action_counts(engine))
     # The policy is read and checked here, so a bad file fails before anything starts.
     detection = OnlineDetection(store, settings) if settings.detection else None
     gw = Gateway(settings=settings, store=store, audit=audit, quotas=quotas, metrics=metrics, detection=detection,
@@ -54,6 +70,7 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
         chosen = backend if backend is not None else await asyncio.to_thread(make_backend, settings)
         if hasattr(chosen, "batcher"):
             chosen.batcher.on_batch = metrics.observe_batch
+            metrics.watch_queue("batch", chosen.batcher.depth)
         await chosen.start()
         await audit.start()
         if detection is not None:
@@ -82,5 +99,6 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     app.include_router(ops)
     app.include_router(admin_router(store, audit, settings), prefix="/admin")
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, metrics=metrics,
-                       body_timeout_s=settings.body_timeout_s)
+                       body_timeout_s=settings.body_timeout_s, request_log=settings.log_format == "json",
+                       log_prompts=settings.log_prompts)
     return app

@@ -21,10 +21,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, text, update
 
@@ -152,6 +153,8 @@ class AuditLog:
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0  # commits so far; records / batches = the group-commit factor
         self.records = 0
+        # Called with the seconds each committed record waited for its commit (the gateway's metrics).
+        self.on_commit: Callable[[float], None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,9 +201,16 @@ class AuditLog:
         if self._writer is None:
             await self.start()
         future = asyncio.get_running_loop().create_future()
+        queued = time.perf_counter()
         await self._queue.put((entry, future))  # type: ignore[union-attr]
         # shield: a client that hangs up must not cancel the write, only its own wait for it.
         await asyncio.shield(future)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - queued)
+
+    def queue_depth(self) -> int:
+        """Records waiting for the writer."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     async def _write_loop(self) -> None:
         assert self._queue is not None

@@ -53,6 +53,10 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
 
+    def depth(self) -> int:
+        """Requests waiting to join a batch."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def submit(self, key: Hashable, payload: Any, size: int = 1) -> Any:
         """Queue one job (`size` sequences) and wait for its result."""
         if self._queue is None:

@@ -100,12 +100,14 @@ class Call:
     client_addr: str | None = None
     user_agent: str | None = None
     limits: Any = None  # the quotas.Limits read for this request (one read serves every check of it)
+    decision: str | None = None  # what the guard decided, once an audit entry says it (for the request log)
     rate_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* for the answer
 
     def entry(self, status: int, decision: str, error_code: str | None = None, completion: Any = None,
               prompt_tokens: int = 0, completion_tokens: int = 0) -> AuditEntry:
         """The audit entry for this call's outcome."""
         p = self.principal
+        self.decision = decision
         return AuditEntry(account_id=p.account_id if p else None, key_id=p.key_id if p else None,
                           endpoint=self.endpoint, params=self.params, prompt=self.prompt, completion=completion,
                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,

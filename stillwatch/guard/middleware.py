@@ -9,15 +9,19 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stillwatch.guard.errors import APIError, error_bytes, too_large, too_slow
+from stillwatch.guard.logs import log_request, request_fields
 from stillwatch.guard.metrics import Metrics
 
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/health",
+          "/ready", "/metrics")
 
 
 def route_label(path: str) -> str:
     """A bounded label set: fuzzed paths must not grow the metrics without limit."""
     if path in ROUTES:
         return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
     return "/admin" if path.startswith("/admin") else "other"
 
 
@@ -27,8 +31,11 @@ class GuardMiddleware:
     parsing: a client that trickles its body holds one connection, never a worker. Records status and
     latency per route."""
 
-    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics, body_timeout_s: float = 30.0):
+    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics, body_timeout_s: float = 30.0,
+                 request_log: bool = False, log_prompts: bool = False):
         self.app, self.max_body, self.metrics, self.body_timeout_s = app, max_body, metrics, body_timeout_s
+        # One structured line per request (serve --log-format json); prompts only when asked.
+        self.request_log, self.log_prompts = request_log, log_prompts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,8 +68,13 @@ class GuardMiddleware:
         finally:
             self.metrics.in_flight.dec()
             label = route_label(scope["path"])
+            elapsed = time.perf_counter() - start
             self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(label).observe(elapsed)
+            if self.request_log:
+                call = scope["state"].get("call")
+                log_request(request_fields(call, scope["method"], scope["path"], status, elapsed,
+                                           self.log_prompts))
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
         for name, value in scope.get("headers", ()):

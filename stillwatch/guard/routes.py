@@ -16,6 +16,7 @@ are served; with a model in process the strict schemas apply.
 import asyncio
 import json
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
@@ -25,6 +26,7 @@ from stillwatch.guard.accounts import Principal
 from stillwatch.guard.backends import Result
 from stillwatch.guard.deps import Call, Gateway, authorize, gateway
 from stillwatch.guard.errors import APIError, bad_request, over_quota
+from stillwatch.guard.middleware import route_label
 from stillwatch.guard.quotas import QuotaExceeded
 from stillwatch.guard.replies import RESPONSES_TERMINAL, Delivered, Kind
 from stillwatch.guard.schemas import (ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, CompletionRequest,
@@ -109,6 +111,7 @@ def serving_decision(principal: Principal | None, settings: Any) -> str:
 async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool, kind: Kind = "chat") -> Response:
     decision = serving_decision(call.principal, gw.settings)
     if result.chunks is None:
+        _first_token(gw, call)  # a whole answer: its first token arrives with its last
         try:
             await _finish(gw, call, result, 200, decision)
         except Exception:  # noqa: BLE001
@@ -121,6 +124,10 @@ async def _respond(gw: Gateway, call: Call, result: Result, include_usage: bool,
         _sse(gw, call, result, include_usage, decision, kind)
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={**SSE_HEADERS, "x-request-id": call.request_id, **call.rate_headers})
+
+
+def _first_token(gw: Gateway, call: Call) -> None:
+    gw.metrics.first_token.labels(route_label(call.endpoint)).observe(time.perf_counter() - call.start)
 
 
 def _settle(delivered: Delivered, result: Result, complete: bool) -> None:
@@ -146,7 +153,10 @@ async def _sse_events(gw: Gateway, call: Call, result: Result, decision: str) ->
                 delivered.note(event)
                 break
             yield b"event: " + event["type"].encode() + b"\ndata: " + _json(event) + b"\n\n"
+            before = delivered.pieces
             delivered.note(event)
+            if delivered.pieces and not before:
+                _first_token(gw, call)
     except asyncio.CancelledError:
         _settle(delivered, result, complete=False)
         gw.detach(_finish(gw, call, result, 499, decision, "client_closed_request"))
@@ -180,7 +190,10 @@ async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, dec
             elif not include_usage:
                 chunk.pop("usage", None)
             yield b"data: " + _json(chunk) + b"\n\n"
+            before = delivered.pieces
             delivered.note(chunk)
+            if delivered.pieces and not before:
+                _first_token(gw, call)
     except asyncio.CancelledError:  # the client hung up: still audit what it was sent
         _settle(delivered, result, complete=False)
         gw.detach(_finish(gw, call, result, 499, decision, "client_closed_request"))
