@@ -41,17 +41,22 @@ def test_harvest_through_the_gateway_is_audited_per_account(demo):
     assert harvest["rows"] > 0
     assert harvest["rows"] == harvest["requests"] - quick.story_prompts + quick.story_prompts * quick.story_samples
     audit = harvest["audit"]
-    assert audit[DISTILLER]["requests"] == harvest["requests"] and audit[DISTILLER]["refused"] == 0
+    # The harvest may first ask GET /v1/models what kind of server it talks to: one audited request more.
+    assert audit[DISTILLER]["requests"] - harvest["requests"] in (0, 1) and audit[DISTILLER]["refused"] == 0
     assert audit[DISTILLER]["completion_tokens"] == harvest["completion_tokens"]
     assert audit[HONEST]["requests"] == quick.honest_requests == numbers["honest_requests"]
 
 
-def test_block_gives_permission_denied_and_the_honest_user_still_gets_answers(demo):
-    result, printed, _ = demo
-    block = result["numbers"]["block"]
-    assert block["distiller"]["exception"] == "PermissionDeniedError"
-    assert (block["distiller"]["status"], block["distiller"]["code"]) == (403, "account_blocked")
-    assert block["honest_status"] == 200
+def test_the_live_detector_stops_the_returning_distiller_and_spares_honest_users(demo):
+    result, printed, workdir = demo
+    detect = result["numbers"]["detect"]
+    offline = {a["account"]: a for a in detect["offline"]}
+    assert offline[DISTILLER]["risk"] > offline[HONEST]["risk"]  # the first harvest already stands out
+    assert detect["action"] in ("hide_reasoning", "degrade", "block") and detect["requests_before"] >= 20
+    assert detect["honest_actions"] == 0 and detect["honest_status"] == 200 and "->" in detect["honest_answer"]
+    assert detect["evidence_problems"] == []
+    bundle = json.loads((workdir / "run" / "evidence.json").read_text())
+    assert bundle["format"] == "stillwatch-evidence/1" and bundle["records"] and bundle["chain"]["ok"]
     step = next(s for s in result["steps"] if s["act"].startswith("5."))
     assert step["passed"]
 

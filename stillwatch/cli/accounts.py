@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -19,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
-accounts_app = typer.Typer(help="List, create, block, unblock and degrade accounts; show usage.",
+accounts_app = typer.Typer(help="List and create accounts; act on them (block, degrade, hide reasoning, "
+                                "throttle, clear); the review queue, evidence and usage.",
                            no_args_is_help=True)
 
 DB_HELP = "Database URL (default: STILLWATCH_DB, else the one `stillwatch serve` uses)."
@@ -108,37 +110,91 @@ def accounts_create(name: str = typer.Argument(..., help="Account name."),
     err.print(f"created account {name}")
 
 
+NOTE_HELP = "Why: kept with the action in the account's history."
+
+
+def _operator(name: str, action: str, db: Optional[str], note: Optional[str], **extra: Any) -> None:
+    from stillwatch.guard.actions import operator_action
+
+    operator_action(_store(db), name, action, note, **extra)
+    err.print(f"{action.replace('_', ' ')}: {name}")
+
+
 @accounts_app.command("block")
 def accounts_block(name: str = typer.Argument(..., help="Account name."),
                    reason: str = typer.Option(..., "--reason", help="Why (shown to the client if the policy allows)."),
+                   note: Optional[str] = typer.Option(None, "--note", help=NOTE_HELP),
                    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Block an account: all its keys get 403 from the next request on, on every replica."""
-    _store(db).block(name, reason)
-    err.print(f"blocked account {name}")
+    _operator(name, "block", db, note, reason=reason)
 
 
-@accounts_app.command("unblock")
-def accounts_unblock(name: str = typer.Argument(..., help="Account name."),
-                     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Lift a block."""
-    _store(db).unblock(name)
-    err.print(f"unblocked account {name}")
+@accounts_app.command("throttle")
+def accounts_throttle(name: str = typer.Argument(..., help="Account name."),
+                      rpm: int = typer.Option(..., "--rpm", min=1, help="Requests per minute allowed while throttled."),
+                      note: Optional[str] = typer.Option(None, "--note", help=NOTE_HELP),
+                      db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Cap an account's requests per minute below its quota."""
+    _operator(name, "throttle", db, note, rpm=rpm)
 
 
-@accounts_app.command("degrade")
-def accounts_degrade(name: str = typer.Argument(..., help="Account name."),
-                     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Serve the account with antidistillation sampling (poisoned traces) instead of blocking it."""
-    _store(db).set_degraded(name, True)
-    err.print(f"degraded account {name}")
+def _manual(action: str, summary: str) -> None:
+    def command(name: str = typer.Argument(..., help="Account name."),
+                note: Optional[str] = typer.Option(None, "--note", help=NOTE_HELP),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+        _operator(name, action, db, note)
+
+    command.__doc__ = summary
+    accounts_app.command(action.replace("_", "-"))(command)
 
 
-@accounts_app.command("undegrade")
-def accounts_undegrade(name: str = typer.Argument(..., help="Account name."),
-                       db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Back to normal sampling."""
-    _store(db).set_degraded(name, False)
-    err.print(f"undegraded account {name}")
+for _action, _summary in (
+        ("unblock", "Lift a block."),
+        ("degrade", "Serve the account with antidistillation sampling (poisoned traces) instead of blocking it."),
+        ("undegrade", "Back to normal sampling."),
+        ("hide_reasoning", "Serve the account final answers without their reasoning traces."),
+        ("show_reasoning", "Serve the account reasoning traces again."),
+        ("unthrottle", "Lift a throttle."),
+        ("clear", "Lift every restriction after review; the detector forgets the evidence before now."),
+        ("confirm", "Uphold the detector's action after review: the account leaves the review queue.")):
+    _manual(_action, _summary)
+
+
+@accounts_app.command("review")
+def accounts_review(as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+                    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """The review queue: accounts whose newest action is the detector's, riskiest first."""
+    from stillwatch.guard.actions import ActionLog
+
+    store = _store(db, write=False)
+    names = {a["id"]: a["name"] for a in store.list_accounts()}
+    rows = []
+    for a in ActionLog(store.engine).review_queue():
+        ev = a["evidence"] or {}
+        rows.append({"account": names.get(a["account_id"]), "time": a["time"][:19], "action": a["action"],
+                     "risk": None if a["risk"] is None else round(a["risk"], 3),
+                     "reasons": "; ".join(r["signal"] for r in ev.get("reasons", [])[:3]),
+                     "linked": len(ev.get("linked_accounts", [])), "note": a["note"]})
+    _print_rows(rows, ["account", "time", "action", "risk", "reasons", "linked", "note"],
+                "review queue (clear or confirm each)", as_json)
+
+
+@accounts_app.command("evidence")
+def accounts_evidence(name: str = typer.Argument(..., help="Account name."),
+                      out: Path = typer.Option(..., "--out", help="Where to write the bundle (JSON)."),
+                      db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Export a self-contained evidence bundle: the account, its actions and the audit records they cite."""
+    from stillwatch.cli.paths import check_writable_file
+    from stillwatch.guard.evidence import evidence_bundle, verify_bundle
+
+    check_writable_file(out)
+    bundle = evidence_bundle(_store(db, write=False), name)
+    out.write_text(json.dumps(bundle, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    problems = verify_bundle(bundle)
+    err.print(f"wrote {out}: {len(bundle['actions'])} actions, {len(bundle['records'])} cited records, "
+              f"{bundle['all_records']['count']} records in all; "
+              + ("every cited hash and the chain hold" if not problems else f"PROBLEMS: {'; '.join(problems)}"),
+              soft_wrap=True)
 
 
 @accounts_app.command("show")

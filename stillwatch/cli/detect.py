@@ -20,24 +20,11 @@ def _cell(value: Any, width: int = 120) -> Any:
 
 def detect_database(db: str, policy_file: Optional[Path] = None) -> dict[str, Any]:
     """Read every served audit record of `db`, run the detector, and grade each account with the policy."""
-    from stillwatch.detect.detector import detect
-    from stillwatch.detect.events import Event
     from stillwatch.detect.policy import load_policy
-    from stillwatch.guard.accounts import AccountStore
-    from stillwatch.guard.audit import iter_served
-    from stillwatch.guard.db import make_engine, upgrade
+    from stillwatch.guard.db import open_database
+    from stillwatch.guard.detection import detect_database as detect_engine
 
-    policy = load_policy(policy_file)
-    engine = make_engine(db)
-    upgrade(engine)
-    created = {}
-    for a in AccountStore(engine).list_accounts():
-        if a.get("created_at"):
-            created[a["name"]] = Event.from_row({"time": a["created_at"]}).time
-    events = (Event.from_row(row) for row in iter_served(engine))
-    results = detect(events, created=created)
-    rows = [{**a.as_dict(), "action": policy.action(a.risk, a.requests)} for a in results]
-    return {"policy": policy.version, "accounts": rows}
+    return detect_engine(open_database(db, migrate=False), load_policy(policy_file))
 
 
 def detect_cmd(

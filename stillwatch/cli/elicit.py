@@ -1,4 +1,4 @@
-"""`stillwatch elicit score`: a thin command over stillwatch.detect.elicit."""
+"""`stillwatch elicit score` and `elicit rescore`: thin commands over stillwatch.detect.elicit."""
 
 from __future__ import annotations
 
@@ -60,7 +60,37 @@ def score_cmd(
     print(f"{flagged} of {len(results)} flagged")
 
 
+def rescore_cmd(
+    db: str = typer.Option(..., "--db", help="Audit database URL (sqlite:///stillwatch.db, postgresql://...)."),
+    missing_only: bool = typer.Option(False, "--missing-only", help="Only records that have no scores yet."),
+) -> None:
+    """Score every served audit record's prompt again with the packaged model and store the scores (after a
+    model update, or for records the online detector never saw)."""
+    from sqlalchemy import func, select
+
+    from stillwatch.guard.audit import served_page, store_elicit
+    from stillwatch.guard.db import open_database
+    from stillwatch.guard.detection import score_for_audit
+    from stillwatch.guard.tables import AuditRecord
+
+    engine = open_database(db, migrate=True)  # it writes: an older database gains the scores' column
+    with engine.connect() as conn:
+        total = int(conn.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+    done = last = 0
+    while True:
+        rows = served_page(engine, last, 1000)
+        if not rows:
+            break
+        last = rows[-1]["id"]
+        scores = {r["id"]: score_for_audit(r["prompt"]) for r in rows
+                  if r["prompt"] is not None and not (missing_only and r["elicit"] is not None)}
+        store_elicit(engine, scores)
+        done += sum(v is not None for v in scores.values())
+    print(f"scored {done} served records (of {total} audit records)")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `elicit score`."""
+    """Add `elicit score` and `elicit rescore`."""
     elicit_app.command("score")(score_cmd)
+    elicit_app.command("rescore")(rescore_cmd)
     app.add_typer(elicit_app, name="elicit")

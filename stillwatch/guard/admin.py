@@ -1,4 +1,5 @@
-"""The admin API (mounted at /admin): accounts, keys, block/unblock, degrade, usage and the audit trail.
+"""The admin API (mounted at /admin): accounts, keys, manual actions (block, degrade, hide reasoning, throttle,
+clear, confirm), the review queue, evidence bundles, usage and the audit trail.
 
 It takes its own key (`Authorization: Bearer <admin key>`, from `STILLWATCH_ADMIN_KEY`), compared in constant
 time. With no admin key configured the whole admin API answers 403: it is off, not open. Every error leaves
@@ -23,7 +24,9 @@ from starlette.responses import JSONResponse
 from stillwatch.errors import StillwatchError
 from stillwatch.guard.accounts import AccountExists, AccountStore, BadAccountName, UnknownAccount, UnknownKey
 from stillwatch.guard.admin_quotas import add_quota_routes
+from stillwatch.guard.actions import ActionLog, account_with_history, operator_action
 from stillwatch.guard.audit import AuditEntry, AuditLog
+from stillwatch.guard.evidence import evidence_bundle
 
 log = logging.getLogger("stillwatch.guard")
 # Wrong admin keys allowed per client address before 429: enough for a typo, too few to guess.
@@ -94,8 +97,16 @@ class NewKey(_Body):
     account: str = Field(min_length=1, max_length=200)
 
 
-class BlockRequest(_Body):
+class NoteRequest(_Body):
+    note: str = Field("", max_length=2000)
+
+
+class BlockRequest(NoteRequest):
     reason: str = Field("", max_length=2000)
+
+
+class ThrottleRequest(NoteRequest):
+    rpm: int = Field(ge=1, le=1_000_000)
 
 
 def _listing(data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,8 +179,6 @@ def admin_router(store: AccountStore, audit: AuditLog, settings: Any) -> APIRout
     @router.get("/accounts/{name}")
     def get_account(name: str) -> dict[str, Any]:
         """One account, with its action history and the evidence of each action."""
-        from stillwatch.guard.actions import account_with_history
-
         return account_with_history(store, name)
 
     @router.post("/accounts/{name}/keys", status_code=201)
@@ -207,22 +216,42 @@ def admin_router(store: AccountStore, audit: AuditLog, settings: Any) -> APIRout
     @router.post("/accounts/{name}/block")
     def block(name: str, body: BlockRequest) -> dict[str, Any]:
         """Block the account: every key gets 403 `account_blocked` from the next request on."""
-        return store.block(name, body.reason)
+        return operator_action(store, name, "block", body.note or None, reason=body.reason)
 
-    @router.post("/accounts/{name}/unblock")
-    def unblock(name: str) -> dict[str, Any]:
-        """Lift a block."""
-        return store.unblock(name)
+    @router.post("/accounts/{name}/throttle")
+    def throttle(name: str, body: ThrottleRequest) -> dict[str, Any]:
+        """Cap the account at `rpm` requests per minute, below its quota."""
+        return operator_action(store, name, "throttle", body.note or None, rpm=body.rpm)
 
-    @router.post("/accounts/{name}/degrade")
-    def degrade(name: str) -> dict[str, Any]:
-        """Serve this account with antidistillation sampling."""
-        return store.set_degraded(name, True)
+    def manual(action: str, summary: str) -> None:
+        def apply(name: str, body: NoteRequest | None = None) -> dict[str, Any]:
+            return operator_action(store, name, action, (body.note or None) if body else None)
 
-    @router.post("/accounts/{name}/undegrade")
-    def undegrade(name: str) -> dict[str, Any]:
-        """Back to normal sampling."""
-        return store.set_degraded(name, False)
+        apply.__doc__ = summary
+        router.add_api_route(f"/accounts/{{name}}/{action.replace('_', '-')}", apply, methods=["POST"],
+                             name=action, summary=summary)
+
+    for action, summary in (("unblock", "Lift a block."),
+                            ("degrade", "Serve this account with antidistillation sampling."),
+                            ("undegrade", "Back to normal sampling."),
+                            ("hide_reasoning", "Serve this account final answers without reasoning traces."),
+                            ("show_reasoning", "Serve this account reasoning traces again."),
+                            ("unthrottle", "Lift a throttle."),
+                            ("clear", "Lift every restriction; the detector forgets the evidence before now."),
+                            ("confirm", "Uphold the detector's action; the account leaves the review queue.")):
+        manual(action, summary)
+
+    @router.get("/review")
+    def review() -> dict[str, Any]:
+        """Accounts whose newest action is the detector's, awaiting a person: riskiest first."""
+        names = {a["id"]: a["name"] for a in store.list_accounts()}
+        return _listing([{**a, "account": names.get(a["account_id"])}
+                         for a in ActionLog(store.engine).review_queue()])
+
+    @router.get("/accounts/{name}/evidence")
+    def evidence(name: str) -> dict[str, Any]:
+        """A self-contained evidence bundle: the account, its actions, and the audit records they cite."""
+        return evidence_bundle(store, name)
 
     @router.get("/accounts/{name}/usage")
     def usage(name: str, since: datetime | None = None) -> dict[str, Any]:

@@ -319,3 +319,17 @@ def score_for_audit(prompt: Any) -> dict[str, Any] | None:
     if not prompt:
         return None
     return score_messages(prompt)
+
+
+def detect_database(engine: Engine, policy: Policy | None = None) -> dict[str, Any]:
+    """Offline: every served record of an audit database through a fresh Detector, each account graded by the
+    policy (the same code and the same stored elicitation scores as online)."""
+    from stillwatch.detect.detector import detect
+    from stillwatch.guard.audit import iter_served
+
+    policy = policy or load_policy()
+    created = {a["name"]: Event.from_row({"time": a["created_at"]}).time
+               for a in AccountStore(engine).list_accounts() if a.get("created_at")}
+    results = detect((Event.from_row(row) for row in iter_served(engine)), created=created)
+    rows = [{**a.as_dict(), "action": policy.action(a.risk, a.requests)} for a in results]
+    return {"policy": policy.version, "accounts": rows}

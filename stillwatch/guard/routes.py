@@ -264,7 +264,7 @@ def openai_router(passthrough: bool) -> APIRouter:
             raise bad_request("logprobs must be true when top_logprobs is set.", param="top_logprobs")
         if max_tokens is not None:
             await _check_tokens(gw, principal, max_tokens * (body.n or 1), call.limits)
-        result = await gw.backend.chat(body, principal.degraded)
+        result = await gw.backend.chat(body, principal.degraded, hides_reasoning(principal, gw.settings))
         return await _respond(gw, call, result, _include_usage(body), "chat")
 
     @v1.post("/completions", response_model=TextCompletion,
@@ -290,7 +290,8 @@ def openai_router(passthrough: bool) -> APIRouter:
                 raise bad_request(f"At most {gw.settings.max_batch} prompts × n per request.", param="prompt")
         if body.max_tokens:
             await _check_tokens(gw, principal, body.max_tokens * max(n, body.best_of or 1) * prompts, call.limits)
-        result = await gw.backend.completions(body, principal.degraded)
+        result = await gw.backend.completions(body, principal.degraded,
+                                            hides_reasoning(principal, gw.settings))
         return await _respond(gw, call, result, _include_usage(body), "completions")
 
     @v1.post("/responses", responses={200: {"content": {"text/event-stream": {}}}})
@@ -326,11 +327,14 @@ def openai_router(passthrough: bool) -> APIRouter:
 
 @ops.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """Liveness (always 200 while the process answers): "ok", "starting", or "degraded" naming what is down."""
+    """Liveness (always 200 while the process answers): "ok", "starting", or "degraded" naming what is down;
+    and whether this replica runs the detector ("leader"), waits to take over ("standby"), or has it "off"."""
     gw = gateway(request)
     checks = await _checks(gw)
     status = "starting" if gw.backend is None else ("ok" if all(checks.values()) else "degraded")
-    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()}})
+    detector = "off" if gw.detection is None else ("leader" if gw.detection.leader else "standby")
+    return JSONResponse({"status": status, "checks": {k: "ok" if v else "unavailable" for k, v in checks.items()},
+                         "detector": detector})
 
 
 @ops.get("/ready")
