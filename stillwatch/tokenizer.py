@@ -22,10 +22,24 @@ from stillwatch.tasks import TASK_NAMES, examples, get_task
 EOS = "<|eos|>"
 PAD = "<|pad|>"
 UNK = "<|unk|>"
-# Chat messages become the plain task prompt: contents joined, ending in the newline that ends every prompt.
+# Chat messages become the plain task prompt: each system or user message ends in the newline that ends every
+# prompt, so one user message renders exactly as the task prompt. An assistant message is the completion and
+# ends its turn with the end token, as the models learn it; `{% generation %}` marks it for
+# `return_assistant_tokens_mask`, which TRL's `assistant_only_loss=True` reads. With no end token, a trainer on
+# exported `messages` would never teach the student to stop.
 CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ message['content'] }}{% if not message['content'].endswith('\n') %}{{ '\n' }}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+# What tokenizers saved before the end-of-turn template hold; `load_tokenizer` upgrades it.
+LEGACY_CHAT_TEMPLATES = (
     "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-    "{% if not messages[-1]['content'].endswith('\n') %}{{ '\n' }}{% endif %}"
+    "{% if not messages[-1]['content'].endswith('\n') %}{{ '\n' }}{% endif %}",
 )
 
 
@@ -129,6 +143,41 @@ def token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
     return [None if b is None else b.decode("utf-8", "surrogateescape") for b in token_bytes(tokenizer)]
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved with `save_pretrained` (or the shipped teacher's, for `builtin`)."""
-    return PreTrainedTokenizerFast.from_pretrained(str(resolve_model_dir(path)))
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer saved with `save_pretrained` (or the shipped teacher's, for `builtin`), with a pad token.
+
+    A directory with `tokenizer.json` loads as `PreTrainedTokenizerFast` (any family: GPT-2, Llama, Qwen);
+    one with only a slow tokenizer (SentencePiece `tokenizer.model`) through `AutoTokenizer`, from local files.
+    """
+    path = resolve_model_dir(path)
+    if (Path(path) / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if getattr(tokenizer, "chat_template", None) in LEGACY_CHAT_TEMPLATES:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token one: its end token (Llama's and Mistral's tokenizers ship none).
+
+    Padding here is only ever a filler that the attention mask and the loss skip by length, never a label, so
+    sharing the end token's id costs nothing and keeps the vocabulary (and the model's embedding) as it is.
+    Failing that the unknown token; a tokenizer with neither is refused (a new token would change the vocabulary
+    under the model).
+    """
+    if tokenizer.pad_token is not None:
+        return tokenizer
+    if tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    elif getattr(tokenizer, "unk_token", None) is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        from stillwatch.errors import ModelDirError
+
+        raise ModelDirError(f"the tokenizer at {getattr(tokenizer, 'name_or_path', '?')} has no pad, end or unknown "
+                            "token to pad with; give it a pad_token in tokenizer_config.json")
+    return tokenizer
