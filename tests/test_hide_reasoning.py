@@ -133,3 +133,55 @@ def test_the_switch_goes_off_again(gateway):
     r = httpx.post(f"{server.url}/admin/accounts/hidden/show-reasoning", headers=admin, timeout=30)
     assert r.status_code == 200 and r.json()["hide_reasoning"] is False
     assert "=" in _chat(server, keys["hidden"]).choices[0].message.content
+
+
+def test_the_responses_api_loses_reasoning_items_and_events():
+    import asyncio
+
+    from stillwatch.guard.backends import Result
+    from stillwatch.guard.reasoning import hide_responses
+
+    body = {"output": [{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "plan " * 8}]},
+                       {"type": "message", "content": [{"type": "output_text", "text": "<think>x</think> Hi."}]}],
+            "usage": {"input_tokens": 3, "output_tokens": 20}}
+    result = hide_responses(Result(body=body, raw=b"{}"))
+    assert [i["type"] for i in body["output"]] == ["message"] and body["output"][0]["content"][0]["text"] == "Hi."
+    assert result.raw is None and body["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+
+    async def events():
+        for e in ({"type": "response.created", "response": {"output": []}},
+                  {"type": "response.reasoning_summary_text.delta", "delta": "secret"},
+                  {"type": "response.output_item.added", "item": {"type": "reasoning"}},
+                  {"type": "response.output_text.delta", "delta": "Hi."}):
+            yield e
+
+    async def collect():
+        return [e["type"] async for e in hide_responses(Result(chunks=events())).chunks]
+
+    assert asyncio.run(collect()) == ["response.created", "response.output_text.delta"]
+
+
+def test_a_degraded_account_on_a_gateway_that_cannot_degrade_is_refused_not_served(tmp_path):
+    import openai
+
+    from gateway_helpers import ServerThread
+    from guard_support import mock_upstream
+
+    from stillwatch.guard.app import create_app
+    from stillwatch.guard.settings import GuardSettings
+
+    with mock_upstream() as upstream:
+        settings = GuardSettings(db_url=f"sqlite:///{tmp_path / 'a.db'}", admin_key=ADMIN, upstream=upstream,
+                                 detection=False)
+        app = create_app(settings)
+        with ServerThread(app) as server:
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            key = httpx.post(f"{server.url}/admin/accounts/poisoned/keys", headers=admin, timeout=30).json()["key"]
+            assert httpx.post(f"{server.url}/admin/accounts/poisoned/degrade", headers=admin,
+                              timeout=30).status_code == 200
+            client = openai.OpenAI(api_key=key, base_url=server.base_url, max_retries=0)
+            with pytest.raises(openai.PermissionDeniedError) as info:
+                client.completions.create(model="mock", prompt="hello", max_tokens=4)
+            assert info.value.code == "account_restricted"
+            record = app.state.gateway.audit.query(limit=1)[0]
+            assert record["status"] == 403 and record["decision"] == "block" and record["completion"] is None

@@ -118,6 +118,9 @@ def _operator(name: str, action: str, db: Optional[str], note: Optional[str], **
 
     operator_action(_store(db), name, action, note, **extra)
     err.print(f"{action.replace('_', ' ')}: {name}")
+    if action == "degrade":
+        err.print("note: only a gateway serving a local teacher with --antidistill-proxy can degrade; any other "
+                  "refuses this account (403 account_restricted) rather than serve it clean traces", soft_wrap=True)
 
 
 @accounts_app.command("block")

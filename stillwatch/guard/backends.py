@@ -119,6 +119,8 @@ class LocalBackend:
         self.batcher = Batcher(self._run, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
         self._decode_one = lru_cache(maxsize=65536)(lambda tid: self.tok.decode([tid], skip_special_tokens=False))
         self._degraded: tuple[Any, ...] | None = None
+        # Antidistillation sampling needs a proxy student; without one a degraded account is refused, not served.
+        self.can_degrade = self.hooks.can_degrade
         # A model trained on the built-in tasks ends its trace at the answer mark: what hide_reasoning withholds.
         self.answer_mark = ANSWER_MARK if task_model(settings.teacher) else None
 
@@ -396,6 +398,7 @@ class ProxyBackend:
     aiohttp's requests/s on the benchmark machine (see bench/gateway.py), and this hop is all a proxy does."""
 
     passthrough = True
+    can_degrade = False  # antidistillation sampling needs the model in process
 
     def __init__(self, settings: GuardSettings):
         if not settings.upstream:

@@ -55,6 +55,13 @@ def account_blocked(reason: str | None) -> APIError:
     return APIError(403, message, type="permission_error", code="account_blocked", decision="block")
 
 
+def degrade_unavailable() -> APIError:
+    """403 for a degraded account on a gateway that cannot degrade: refused as if blocked, never served clean
+    traces (that would defeat the point) and never a 503 that says the service is down."""
+    return APIError(403, "This account's access is restricted.", type="permission_error",
+                    code="account_restricted", decision="block")
+
+
 def over_quota(retry_after: float, should_retry: bool, message: str | None = None) -> APIError:
     """429 with `Retry-After`; `x-should-retry: false` where waiting will not help."""
     wait = max(0.0, float(retry_after)) if math.isfinite(retry_after) else 0.0

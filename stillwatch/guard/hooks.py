@@ -19,6 +19,13 @@ class ForensicsHooks:
 
     always: Sequence[Any] = field(default_factory=tuple)
     degrade: Sequence[Any] = field(default_factory=tuple)
+    # Whether `degrade` can really be built (None: whether any processor was given).
+    degradable: bool | None = None
+
+    @property
+    def can_degrade(self) -> bool:
+        """Whether a degraded account can be served antidistilled traces."""
+        return bool(self.degrade) if self.degradable is None else self.degradable
 
     def processors(self, degraded: bool) -> tuple[Any, ...]:
         """Logits processors for one request."""
@@ -34,7 +41,8 @@ def load_hooks(settings: GuardSettings, teacher: Any) -> ForensicsHooks:
         always.append(gateway_processor(settings, teacher))
     # The antidistillation processor is built lazily on the first degraded request: it needs a proxy student,
     # which most deployments never load.
-    return ForensicsHooks(always=always, degrade=_LazyAntidistill(settings, teacher))
+    return ForensicsHooks(always=always, degrade=_LazyAntidistill(settings, teacher),
+                          degradable=settings.antidistill_proxy is not None)
 
 
 class _LazyAntidistill(Sequence):

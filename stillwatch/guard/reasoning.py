@@ -260,3 +260,51 @@ def withhold_all(completions: list[Completion], asked: str, decode: Callable[[li
         served.append(kept)
         hidden += dropped
     return served, hidden
+
+
+def _drop_reasoning_items(response: Any) -> int:
+    """Remove the Responses API's `reasoning` output items (and <think> spans in output text); tokens hidden."""
+    if not isinstance(response, dict) or not isinstance(response.get("output"), list):
+        return 0
+    hidden = 0
+    kept = []
+    for item in response["output"]:
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            hidden += sum((len(str(p.get("text", ""))) + 3) // 4 for p in item.get("summary") or ()
+                          if isinstance(p, dict))
+            continue
+        for part in (item.get("content") or ()) if isinstance(item, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                part["text"], chars = _strip_text(part["text"])
+                hidden += (chars + 3) // 4
+        kept.append(item)
+    response["output"] = kept
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        details = usage.setdefault("output_tokens_details", {})
+        if isinstance(details, dict) and not details.get("reasoning_tokens"):
+            details["reasoning_tokens"] = hidden
+    return hidden
+
+
+async def _hide_events(events: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    async for event in events:
+        kind = str(event.get("type", ""))
+        if kind.startswith("response.reasoning"):
+            continue  # reasoning deltas and summaries never leave
+        item = event.get("item")
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            continue
+        if isinstance(event.get("response"), dict):
+            _drop_reasoning_items(event["response"])
+        yield event
+
+
+def hide_responses(result: Any) -> Any:
+    """Hide the reasoning of a proxied Responses API `Result` (its body or its event stream), in place."""
+    if result.chunks is not None:
+        result.chunks = _hide_events(result.chunks)
+    elif isinstance(result.body, dict):
+        _drop_reasoning_items(result.body)
+        result.raw = None
+    return result

@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from stillwatch.guard.accounts import Principal
 from stillwatch.guard.backends import Result
 from stillwatch.guard.deps import Call, Gateway, authorize, gateway
-from stillwatch.guard.errors import APIError, bad_request, over_quota
+from stillwatch.guard.errors import APIError, bad_request, degrade_unavailable, over_quota
 from stillwatch.guard.middleware import route_label
 from stillwatch.guard.quotas import QuotaExceeded
+from stillwatch.guard.reasoning import hide_responses
 from stillwatch.guard.replies import RESPONSES_TERMINAL, Delivered, Kind
 from stillwatch.guard.schemas import (ERROR_RESPONSES, ChatCompletion, ChatCompletionRequest, CompletionRequest,
                                       EmbeddingsRequest, ModelCard, ModelList, PassthroughChatRequest,
@@ -99,6 +100,12 @@ def _unsupported_endpoint(request: Request) -> APIError:
 def hides_reasoning(principal: Principal | None, settings: Any) -> bool:
     """Whether this request is served without reasoning: for the whole gateway, or for this account."""
     return bool(settings.hide_reasoning or (principal is not None and principal.hide_reasoning))
+
+
+def _check_degradable(gw: Gateway, principal: Principal) -> None:
+    """A degraded account on a gateway that cannot degrade is refused (403), never served clean traces."""
+    if principal.degraded and not getattr(gw.backend, "can_degrade", True):
+        raise degrade_unavailable()
 
 
 def serving_decision(principal: Principal | None, settings: Any) -> str:
@@ -264,6 +271,7 @@ def openai_router(passthrough: bool) -> APIRouter:
             raise bad_request("logprobs must be true when top_logprobs is set.", param="top_logprobs")
         if max_tokens is not None:
             await _check_tokens(gw, principal, max_tokens * (body.n or 1), call.limits)
+        _check_degradable(gw, principal)
         result = await gw.backend.chat(body, principal.degraded, hides_reasoning(principal, gw.settings))
         return await _respond(gw, call, result, _include_usage(body), "chat")
 
@@ -290,6 +298,7 @@ def openai_router(passthrough: bool) -> APIRouter:
                 raise bad_request(f"At most {gw.settings.max_batch} prompts × n per request.", param="prompt")
         if body.max_tokens:
             await _check_tokens(gw, principal, body.max_tokens * max(n, body.best_of or 1) * prompts, call.limits)
+        _check_degradable(gw, principal)
         result = await gw.backend.completions(body, principal.degraded,
                                             hides_reasoning(principal, gw.settings))
         return await _respond(gw, call, result, _include_usage(body), "completions")
@@ -307,7 +316,10 @@ def openai_router(passthrough: bool) -> APIRouter:
         _check_max_tokens(gw.settings, body.max_output_tokens, "max_output_tokens")
         if body.max_output_tokens is not None:
             await _check_tokens(gw, principal, body.max_output_tokens, call.limits)
+        _check_degradable(gw, principal)
         result = await gw.backend.responses(body)
+        if hides_reasoning(principal, gw.settings):
+            result = hide_responses(result)
         return await _respond(gw, call, result, False, "responses")
 
     @v1.post("/embeddings")
@@ -319,6 +331,7 @@ def openai_router(passthrough: bool) -> APIRouter:
         call.prompt, call.params = dump.pop("input"), dump
         if not getattr(gw.backend, "passthrough", False):
             raise _unsupported_endpoint(request)
+        _check_degradable(gw, principal)
         result = await gw.backend.embeddings(body)
         return await _respond(gw, call, result, False, "embeddings")
 
