@@ -131,9 +131,19 @@ def clients(config: SimulationConfig) -> list[Client]:
 
 
 async def _create_keys(config: SimulationConfig, admin_key: str, group: list[Client], http: Any) -> None:
+    import httpx
+
     for c in group:
-        r = await http.post(f"{config.admin_url}/accounts/{c.account}/keys",
-                            headers={"Authorization": f"Bearer {admin_key}"})
+        for attempt in range(3):
+            try:
+                r = await http.post(f"{config.admin_url}/accounts/{c.account}/keys",
+                                    headers={"Authorization": f"Bearer {admin_key}"})
+                break
+            except httpx.TransportError:
+                # A pooled connection the server closed while idle (keep-alive ends after seconds, sessions
+                # start minutes apart) fails once; a new connection does not. A second key would be harmless.
+                if attempt == 2:
+                    raise
         if r.status_code != 201:
             raise SimulationError(f"the admin API refused to make a key for {c.account} ({r.status_code})")
         c.key = r.json()["key"]
