@@ -11,6 +11,9 @@ Parts (`--parts`; each writes its own section of the results file and leaves the
     that harvest: `student-b` (tokenizer B: digit pairs, "▁" spaces) by cross-tokenizer `kd` (xkd, the top 20
     aligned onto B, see stillwatch/distill/align.py) and by `sft` on the re-encoded text (xsft), and, for the
     gain that same-tokenizer kd has over sft, `student` (tokenizer A) by `kd` and `sft` on the same harvest.
+  * beyond (bench/distill_real_beyond.py): where the teacher is below 95% (a harder difficulty), the same
+    student trained on a `--verify`, a `--vote` and an unfiltered harvest of equal token count, against the
+    teacher's own greedy accuracy.
 
 Every student trains as `stillwatch distill --steps 12000 --batch-size 16` does, one torch thread each; a seed
 is the student's (initialisation and batch order; the harvest stays the same). Each row reports the median and
@@ -37,6 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from retention import _shown, by_row, ensure_teacher, row_name, summarise, tokens_to_reach  # noqa: E402
+from distill_real_beyond import print_beyond, run_beyond  # noqa: E402  (part `beyond`: filtered harvests)
 from stillwatch.distill.run import DistillConfig, distill  # noqa: E402
 from stillwatch.evaluate import evaluate  # noqa: E402
 from stillwatch.harvest import HarvestStore, harvest, task_source, tokenizer_info  # noqa: E402
@@ -233,7 +237,8 @@ def run_cross(args: argparse.Namespace, size: dict, work: Path, teacher_dir: Pat
     return section()
 
 
-PARTS = {"cross": run_cross}  # part name -> runner(args, size, work, teacher_dir, teacher, previous section)
+PARTS = {"cross": run_cross,  # part name -> runner(args, size, work, teacher_dir, teacher, previous section)
+         "beyond": run_beyond}  # bench/distill_real_beyond.py
 
 
 def parse_rows(spec: list[str] | None, smoke: bool) -> list[tuple[str, int]]:
@@ -267,6 +272,9 @@ def main() -> None:
     result = json.loads(out.read_text()) if out.is_file() else {}
 
     def write(part: str, section: dict) -> None:
+        if out.is_file():  # another part may be running beside this one: keep the sections it wrote meanwhile
+            on_disk = json.loads(out.read_text()).get("parts", {})
+            result.setdefault("parts", {}).update({k: v for k, v in on_disk.items() if k != part})
         result.update({"benchmark": "distill_real", **run_info(args.seeds[0]), "smoke": args.smoke,
                        "sizes": size, "targets_wanted": TARGETS})
         result.setdefault("parts", {})[part] = section
@@ -286,7 +294,7 @@ def main() -> None:
     for part in args.parts:
         section = PARTS[part](args, size, work, teacher_dir, teacher, result.get("parts", {}).get(part, {}))
         write(part, section)
-        print_part(part, section, teacher)
+        print_beyond(section) if part == "beyond" else print_part(part, section, teacher)
     print(f"wrote {out.relative_to(ROOT)}")
 
 
