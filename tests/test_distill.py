@@ -110,16 +110,16 @@ def test_batches_are_a_pure_function_of_the_step(teacher: LocalTeacher, rows: li
     assert [r.prompt for r in other_seed.global_rows(0)] != sequence[0]
 
 
-def test_tokenizer_mismatch_is_caught_up_front(store: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+def test_tokenizer_mismatch_is_caught_up_front(store: Path, tmp_path: Path) -> None:
     from stillwatch.tokenizer import train_tokenizer
 
     other = tmp_path / "other-tokenizer"
     train_tokenizer(vocab_size=300).save_pretrained(other)
-    # On-policy scoring needs one vocabulary; kd aligns the harvest's top k across tokenizers, which needs the
-    # teacher's token strings (tests/test_distill_align.py): this harvest has ids only.
+    # An endpoint scores in its own token ids; kd aligns the harvest's top k across tokenizers, which needs the
+    # teacher's token strings or vocabulary (tests/test_distill_align.py): this harvest has ids only.
     with pytest.raises(TokenizerMismatchError, match="tokenizer"):
         distill(store, tmp_path / "op", DistillConfig(loss="on-policy", steps=2, **FAST), preset="student-tiny",
-                tokenizer_dir=other, teacher=tiny_teacher, progress=False)
+                tokenizer_dir=other, endpoint="http://127.0.0.1:9/v1", progress=False)
     with pytest.raises(ConfigError, match="vocabulary"):
         distill(store, tmp_path / "kd", DistillConfig(loss="kd", steps=2, **FAST), preset="student-tiny",
                 tokenizer_dir=other, progress=False)

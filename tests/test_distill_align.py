@@ -162,11 +162,17 @@ def test_kd_across_tokenizers_end_to_end(cross_store: Path, tiny_teacher: Path, 
     assert card["teacher_tokens"]["total"] > 0
     _, tok = load_model(out)
     assert len(tok) == len(train_tokenizer_b()) != len(load_tokenizer(tiny_teacher))
-    # White-box and on-policy need the teacher's logits over the student's vocabulary: one clear error each.
-    for loss in ("kd", "on-policy"):
-        with pytest.raises(TokenizerMismatchError, match="across tokenizers is not supported"):
-            distill(cross_store, tmp_path / loss, DistillConfig(loss=loss, steps=2, **FAST),  # type: ignore[arg-type]
-                    preset="student-b", teacher=tiny_teacher, progress=False)
+    # An in-process teacher scores the text in its own tokens, and its top k is aligned the same way: white-box
+    # kd over the harvest's text, and on-policy over the student's own samples.
+    for loss, extra in (("kd", {}), ("on-policy", {"lmbda": 1.0, "teacher_top_k": 8})):
+        card = distill(cross_store, tmp_path / loss, DistillConfig(loss=loss, steps=2, **FAST, **extra),  # type: ignore[arg-type]
+                       preset="student-b", teacher=tiny_teacher, progress=False)
+        assert card["train"]["final_loss"] == card["train"]["final_loss"], loss
+        assert card["teacher_tokens"]["scored"] > 0 and card["data"]["aligned"]["positions"] > 0, loss
+    # An endpoint scores token ids of its own vocabulary: on-policy through one cannot cross tokenizers.
+    with pytest.raises(TokenizerMismatchError, match="not supported across tokenizers"):
+        distill(cross_store, tmp_path / "op-endpoint", DistillConfig(loss="on-policy", steps=2, **FAST),
+                preset="student-b", endpoint="http://127.0.0.1:9/v1", progress=False)
 
 
 def test_an_id_only_harvest_without_its_vocabulary_is_refused(cross_store: Path, tmp_path: Path) -> None:
@@ -178,3 +184,45 @@ def test_an_id_only_harvest_without_its_vocabulary_is_refused(cross_store: Path,
     with pytest.raises(ConfigError, match="vocabulary"):
         distill(bare, tmp_path / "kd", DistillConfig(loss="kd", steps=2, **FAST), preset="student-b", progress=False)
     assert not (tmp_path / "kd" / "model.safetensors").exists()
+
+
+def test_strings_with_cut_characters_spell_the_text() -> None:
+    # What an OpenAI-like endpoint returns for "café" cut inside "é": the byte pieces as surrogate escapes.
+    from stillwatch.teachers.completion import UNKNOWN_ID, Completion
+
+    c = Completion(text="café", token_ids=[UNKNOWN_ID] * 3, logprobs=[0.0, 0.0, 0.0], finish_reason="stop",
+                   prompt_tokens=1, top_logprobs=[[(UNKNOWN_ID, 0.0)]] * 3, tokens=["caf", "\udcc3", "\udca9"],
+                   top_tokens=[["caf"], ["\udcc3"], ["\udca9"]])
+    t = teacher_tokens(c, None)
+    assert b"".join(t.pieces) == "café".encode() and t.top[1] == [(b"\xc3", 0.0)]
+
+
+def test_kd_from_a_gateway_that_returns_token_strings(tiny_teacher: Path, tmp_path: Path) -> None:
+    # Black box as OpenAI serves it: --server openai sends standard parameters only, and tokens come back as
+    # strings. Both a student on another tokenizer and one on the teacher's own learn from that harvest.
+    from gateway_helpers import ServerThread
+
+    from stillwatch.guard.accounts import AccountStore
+    from stillwatch.guard.app import create_app
+    from stillwatch.guard.db import make_engine, upgrade
+    from stillwatch.guard.settings import GuardSettings
+
+    db = f"sqlite:///{tmp_path / 'guard.db'}"
+    engine = make_engine(db)
+    upgrade(engine)
+    _, key = AccountStore(engine).create_key("distiller")
+    engine.dispose()
+    store = tmp_path / "store.db"
+    with ServerThread(create_app(GuardSettings(teacher=tiny_teacher, db_url=db, detection=False))) as server:
+        main(["harvest", "--endpoint", server.base, "--api-key", key, "--server", "openai", "--task", "add",
+              "--n", "6", "--logprobs", "4", "--max-tokens", "40", "--out", str(store), "--no-progress"])
+    with HarvestStore(store) as s:
+        row = next(iter(s.iter_rows()))
+        assert row.completion.tokens and not (s.meta().get("tokenizer") or {}).get("tokens")  # strings only
+    for preset in ("student-b", "student-tiny"):
+        card = distill(store, tmp_path / preset, DistillConfig(loss="kd", steps=2, **FAST), preset=preset,
+                       progress=False)
+        aligned = card["data"]["aligned"]
+        assert aligned["rows"] == 6 and aligned["rows_unaligned"] == 0 and aligned["positions"] > 30, preset
+    # The same tokenizer, spelled by strings: every student token is one teacher token
+    assert aligned["same_token_fraction"] == 1.0

@@ -58,6 +58,7 @@ that is most of the information. Chain-rule byte alignment keeps it wherever the
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -124,7 +125,8 @@ class StudentVocab:
         self._heads: dict[bytes, tuple[int | None, int]] = {}
         # byte strings that some longer student token begins with: a leaf whose chunk is one of these may have
         # gone on to that longer token, had its continuation been known
-        self.extendable = {piece[:n] for piece in token_bytes(tokenizer) if piece for n in range(1, len(piece))}
+        self.pieces = token_bytes(tokenizer)
+        self.extendable = {piece[:n] for piece in self.pieces if piece for n in range(1, len(piece))}
 
     def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of `text` and each token's [start, end) byte span (contiguous, covering the text)."""
@@ -139,6 +141,17 @@ class StudentVocab:
             spans.append((prev, stop))
             prev = stop
         return ids, spans
+
+    def spans(self, ids: Sequence[int]) -> list[tuple[int, int]] | None:
+        """Byte spans of given student tokens, from the bytes each spells (None when one spells nothing)."""
+        out, at = [], 0
+        for i in ids:
+            piece = self.pieces[i] if 0 <= i < len(self.pieces) else None
+            if piece is None:
+                return None
+            out.append((at, at + len(piece)))
+            at += len(piece)
+        return out
 
     def head(self, chunk: bytes) -> tuple[int | None, int]:
         """(first student token of `chunk`, its length in bytes); (None, 0) when the student cannot spell it."""
@@ -177,14 +190,21 @@ def _probabilities(teacher: TeacherTokens) -> tuple[list[float], list[list[tuple
     return p_real, alts, tails
 
 
-def align_row(teacher: TeacherTokens, text: str, student: StudentVocab
+def align_row(teacher: TeacherTokens, text: str, student: StudentVocab, student_ids: Sequence[int] | None = None
               ) -> tuple[list[int], list[list[tuple[int, float]]] | None, AlignStats]:
     """The student's token ids for `text` and, per student token, its target [(student id, logprob), ...].
 
-    The rest bucket is 1 - the sum of the listed masses (see the module docstring). Returns None targets,
-    and counts the row as unaligned, when the teacher pieces do not spell `text`.
+    `student_ids` are the student's tokens of `text` when they are given (its own samples, which need not be
+    the canonical encoding); else `text` is encoded. The rest bucket is 1 - the sum of the listed masses (see
+    the module docstring). Returns None targets, and counts the row as unaligned, when the teacher pieces or
+    the given student tokens do not spell `text`.
     """
-    ids, spans = student.encode(text)
+    if student_ids is None:
+        ids, spans = student.encode(text)
+    else:
+        ids, spans = list(student_ids), student.spans(student_ids)
+        if spans is None or (spans and spans[-1][1] != len(text.encode())):
+            return ids, None, AlignStats(rows=1, rows_unaligned=1)
     stats = AlignStats(rows=1)
     data = text.encode()
     if b"".join(teacher.pieces) != data or not ids:
@@ -256,8 +276,13 @@ def align_row(teacher: TeacherTokens, text: str, student: StudentVocab
 
 # -- where the teacher's bytes come from ---------------------------------------------------------------------
 
+# How endpoints spell special tokens in top-k lists ("<|eos|>", "<|im_end|>", "</s>"): the text never shows them,
+# so a candidate spelled so is the end of the text (the end of the turn, for a chat model).
+SPECIAL_SPELLING = re.compile(r"^(<\|[^|<>]+\|>|</s>|<eos>)$")
+
+
 def _as_bytes(token: Any) -> bytes | None:
-    if token is None:
+    if token is None or (isinstance(token, str) and SPECIAL_SPELLING.match(token)):
         return END
     if isinstance(token, bytes):
         return token
@@ -283,8 +308,9 @@ def teacher_tokens(completion: Any, vocab: Sequence[bytes | None] | None, end_id
     """A completion's pieces and top k as bytes: from the token strings it kept, else its ids through `vocab`.
 
     Strings come from `completion.tokens` / `completion.top_tokens` (parallel to `token_ids` / `top_logprobs`)
-    when the harvest kept them; ids go through `vocab`, where ids in `end_ids` (the teacher's end token) are
-    END and other special tokens are dropped. Returns None when neither is there.
+    when the harvest kept them (a string spelled like a special token, "<|eos|>", is END); ids go through
+    `vocab`, where ids in `end_ids` (the teacher's end token) are END and other special tokens are dropped.
+    Returns None when neither is there.
     """
     logprobs = [float(v) for v in (completion.logprobs or [])]
     top_ids = completion.top_logprobs or []

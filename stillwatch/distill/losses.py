@@ -134,6 +134,11 @@ def sparse_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_lo
     P_T proportional to P^(1/T), with the bucket treated as one outcome: exact at T = 1, and the same
     operation on both sides so the zero-at-identity property holds at every T. Loss is scaled by T^2.
 
+    Across tokenizers the same loss applies to aligned targets (`distill.align`): the ids are then student
+    tokens, each p_i the teacher's byte-level chain-rule mass of the continuations whose first student token is
+    i, and 1 - sum_i p_i is everything the harvest cannot place (the teacher's unlisted tails along the path,
+    and candidates the student cannot spell): the bucket means "some other student token" on both sides.
+
     `topk_ids`, `topk_logprobs`, `topk_valid`: [B, T, k]; `valid` marks real entries (endpoints may return
     fewer than k). `mask` [B, T] marks positions with a teacher distribution.
     """

@@ -157,6 +157,95 @@ class LocalScorer:
                 "has_topk": has}
 
 
+class CrossTokenizerScorer:
+    """An in-process teacher with another tokenizer: white-box kd and on-policy across tokenizers.
+
+    Each row's completion (the harvested text, or the student's own sample) is spelled in the teacher's tokens,
+    scored in one forward pass, and the teacher's top `top_k` at each of its tokens is aligned onto the
+    student's tokens (`distill.align`, the same chain rule as a harvest's top k). Full logits cannot cross: the
+    student's vocabulary cannot index the teacher's, so white-box here means "any k the teacher is asked for".
+    Harvested rows are cached per row (the teacher is frozen); student samples are scored afresh.
+    """
+
+    def __init__(self, model: PreTrainedModel, teacher_tokenizer, student_tokenizer, top_k: int = 32):
+        from stillwatch.distill.align import AlignStats, StudentVocab
+        from stillwatch.tokenizer import token_bytes
+
+        self.model, self.top_k = model.eval(), top_k
+        self.teacher_tokenizer, self.student_tokenizer = teacher_tokenizer, student_tokenizer
+        self.vocab = token_bytes(teacher_tokenizer)
+        self.end_ids = {teacher_tokenizer.eos_token_id}
+        self.student = StudentVocab(student_tokenizer)
+        self.stats = AlignStats()
+        self.tokens_scored = 0
+        self._cache: dict[int, list | None] = {}
+
+    def _targets(self, rows: Sequence[EncodedRow]) -> list[list | None]:
+        from stillwatch.distill.align import TeacherTokens, align_row
+
+        eos = self.student_tokenizer.eos_token_id
+        own = [[int(t) for t in r.completion_ids if t != eos] for r in rows]
+        texts = [self.student_tokenizer.decode(ids, skip_special_tokens=True) for ids in own]
+        prompts = self.teacher_tokenizer([r.prompt for r in rows], add_special_tokens=False)["input_ids"]
+        comps = self.teacher_tokenizer(texts, add_special_tokens=False)["input_ids"]
+        seqs = [list(p) + list(c) for p, c in zip(prompts, comps)]
+        width = max(len(x) for x in seqs)
+        pad = self.teacher_tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, x in enumerate(seqs):
+            ids[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            logp = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                              use_cache=False).logits.float().log_softmax(-1).cpu()
+        out = []
+        for i, (p, c, text) in enumerate(zip(prompts, comps, texts)):
+            if not c:
+                out.append(None)
+                continue
+            lp = logp[i, len(p) - 1: len(p) + len(c) - 1]
+            values, top = lp.topk(min(self.top_k, lp.shape[-1]), dim=-1)
+            sampled = lp.gather(1, torch.tensor(c)[:, None]).squeeze(1).tolist()
+
+            def spell(t: int):
+                return None if t in self.end_ids else self.vocab[t]
+
+            listed = [[(spell(t), v) for t, v in zip(ti, vi) if t in self.end_ids or self.vocab[t] is not None]
+                      for ti, vi in zip(top.tolist(), values.tolist())]
+            teacher = TeacherTokens([self.vocab[t] or b"" for t in c], sampled, listed)
+            _, targets, stats = align_row(teacher, text, self.student, student_ids=own[i])
+            self.stats.add(stats)
+            out.append(targets)
+        self.tokens_scored += sum(len(c) for c in comps)
+        return out
+
+    def __call__(self, batch: Batch, rows: Sequence[EncodedRow]) -> Batch:
+        todo = [i for i, r in enumerate(rows) if r.key is None or r.key not in self._cache]
+        fresh = dict(zip(todo, self._targets([rows[i] for i in todo]))) if todo else {}
+        per_row = []
+        for i, r in enumerate(rows):
+            if i in fresh:
+                if r.key is not None:
+                    self._cache[r.key] = fresh[i]
+                per_row.append(fresh[i])
+            else:
+                per_row.append(self._cache[r.key])
+        b, width = batch["input_ids"].shape
+        k = max((len(t) for targets in per_row if targets for t in targets), default=1)
+        topk_ids = torch.zeros((b, width, k), dtype=torch.long)
+        topk_lp = torch.full((b, width, k), float("-inf"))
+        for i, (r, targets) in enumerate(zip(rows, per_row)):
+            start = len(r.prompt_ids)
+            for t, target in enumerate((targets or [])[: max(0, width - start)]):
+                for j, (v, lp) in enumerate(target):
+                    topk_ids[i, start + t, j], topk_lp[i, start + t, j] = v, lp
+        valid = torch.isfinite(topk_lp)
+        device = batch["input_ids"].device
+        return {**batch, "topk_ids": topk_ids.to(device), "topk_logprobs": topk_lp.masked_fill(~valid, 0.0).to(device),
+                "topk_valid": valid.to(device), "has_topk": valid.any(-1).to(device)}
+
+
 class EndpointScorer:
     """A teacher behind an OpenAI-compatible endpoint: `OpenAITeacher.score` per row, concurrently."""
 
