@@ -48,6 +48,9 @@ def _upstream_app():  # type: ignore[no-untyped-def]
                           "usage": {"prompt_tokens": "12", "completion_tokens": 1}},
                 "big": {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 5000}}],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+                "nousage": {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "a" * 40},
+                                         "finish_reason": "stop"}]},
                 "ok": {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"},
                                     "finish_reason": "stop"}],
@@ -68,6 +71,9 @@ def _upstream_app():  # type: ignore[no-untyped-def]
                 yield event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": "many"}})
             elif mode == "cut":
                 return  # the upstream dies: no usage, no [DONE]
+            elif mode == "nousage":
+                yield b"data: [DONE]\n\n"  # a whole stream that never says how many tokens it had
+                return
             for i, piece in enumerate(PIECES[5:], start=5):
                 if mode == "slow":
                     await asyncio.sleep(0.05)
@@ -182,3 +188,13 @@ def test_a_body_that_never_arrives_gets_408(gw) -> None:
         reply = sock.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
     assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_that_reports_no_usage_is_charged_an_estimate_not_nothing(gw, stream: bool) -> None:
+    response = _chat(gw, "nousage", stream=stream)
+    assert response.status_code == 200
+    record = _last_record(gw)
+    assert record["status"] == 200 and record["prompt_tokens"] >= len("mode:nousage") // 4
+    # Stream: one piece per token; reply: about four characters a token.
+    assert record["completion_tokens"] == (5 if stream else 10)

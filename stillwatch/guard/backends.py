@@ -44,6 +44,8 @@ class Result:
     finished: bool = False  # for streams: the backend delivered its last chunk
     raw: bytes | None = None  # `body` already encoded (off the event loop), when the backend did it
     error: Any = None  # for streams: the APIError that ended it early, sent as the last event
+    # What was sent upstream, kept to estimate the prompt's tokens if the upstream reports no usage.
+    request: dict | None = None
 
 
 class Backend(Protocol):
@@ -66,6 +68,38 @@ LARGE_BODY = 1_000_000  # bytes of JSON past which parsing goes to a worker thre
 def malformed(message: str) -> APIError:
     """502 for an upstream reply the gateway cannot read."""
     return APIError(502, message, type="upstream_error", code="bad_gateway")
+
+
+def estimate_tokens(value: Any) -> int:
+    """About four characters a token, for what an upstream did not count (a text, or any JSON value)."""
+    if value is None:
+        return 0
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return (len(text) + 3) // 4
+
+
+def estimate_prompt_tokens(body: dict | None) -> int:
+    """The estimate for a request's prompt: its messages, prompt, input and instructions."""
+    if not body:
+        return 0
+    return estimate_tokens([body[k] for k in ("messages", "prompt", "input", "instructions") if k in body])
+
+
+def rough_size(body: dict) -> int:
+    """About how many characters `body` encodes to, looking only at its top-level texts and one level of
+    messages (cheap, and enough to tell a megabyte prompt from a chat turn)."""
+    size = 0
+    for value in body.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += 16 * len(value)
+            for item in value[:10_000]:
+                if isinstance(item, str):
+                    size += len(item)
+                elif isinstance(item, dict) and isinstance(item.get("content"), str):
+                    size += len(item["content"])
+    return size
 
 
 def encode_json(obj: Any) -> bytes:
@@ -445,8 +479,10 @@ class ProxyBackend:
     async def _open(self, path: str, body: dict) -> Any:
         import aiohttp
 
+        # A megabyte prompt takes milliseconds to encode: a worker's job, not the event loop's.
+        data = await asyncio.to_thread(encode_json, body) if rough_size(body) > LARGE_BODY // 4 else encode_json(body)
         try:
-            return await self.session.post(self.base + path, data=encode_json(body))
+            return await self.session.post(self.base + path, data=data)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self._unreachable(exc) from None
 
@@ -551,11 +587,13 @@ class ProxyBackend:
         try:
             if not isinstance(body, dict):
                 raise TypeError("not an object")
-            usage = usage_of(kind, body.get("usage")) or (0, 0)
+            usage = usage_of(kind, body.get("usage"))
             texts = outputs_of(kind, body)
         except (TypeError, ValueError, AttributeError):
             raise malformed(f"The upstream sent a reply that is not a {KIND_NAMES[kind]}.") from None
-        result.prompt_tokens, result.completion_tokens = usage
+        # No usage from the upstream: the answer is charged at about four characters a token (the prompt
+        # likewise, when the route settles it), never free.
+        result.prompt_tokens, result.completion_tokens = usage or (0, sum(estimate_tokens(t) for t in texts))
         result.texts, result.body, result.raw, result.finished = texts, body, raw, True
         return result
 
@@ -569,7 +607,7 @@ class ProxyBackend:
 
     async def forward(self, kind: Kind, path: str, body: dict, stream: bool) -> Result:
         """Send `body` as it is to the upstream's `path`; the reply (or its stream) as a Result."""
-        result = Result()
+        result = Result(request=body)
         if stream:
             result.chunks = await self._stream(kind, path, body, result)
             return result

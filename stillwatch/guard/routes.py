@@ -20,10 +20,11 @@ import time
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from stillwatch.guard.accounts import Principal
-from stillwatch.guard.backends import Result
+from stillwatch.guard.backends import Result, estimate_prompt_tokens
 from stillwatch.guard.deps import Call, Gateway, authorize, gateway
 from stillwatch.guard.errors import APIError, bad_request, degrade_unavailable, over_quota
 from stillwatch.guard.middleware import route_label
@@ -73,6 +74,10 @@ async def _finish(gw: Gateway, call: Call, result: Result, status: int, decision
     """Charge tokens and commit the audit record (raises if the record could not be written)."""
     principal = call.principal
     assert principal is not None
+    if not result.prompt_tokens and result.request is not None and status < 500:
+        # The upstream said nothing about the prompt: charge an estimate (serialising a big prompt is a
+        # worker's job).
+        result.prompt_tokens = await asyncio.to_thread(estimate_prompt_tokens, result.request)
     tokens = result.prompt_tokens + result.completion_tokens
     gw.metrics.tokens.labels("prompt").inc(result.prompt_tokens)
     gw.metrics.tokens.labels("completion").inc(result.completion_tokens)
@@ -141,9 +146,9 @@ def _settle(delivered: Delivered, result: Result, complete: bool) -> None:
     """Make `result` say what was delivered (a complete stream keeps the answers its backend knew)."""
     if not complete or not result.texts:
         result.texts = delivered.outputs()
-    if not complete:
+    if not complete or not result.completion_tokens:
         # One piece per token is how OpenAI-compatible servers stream; a backend that knows its count
-        # (the local one) is never charged more than it generated.
+        # (the local one) is never charged more than it generated, and a stream without usage is not free.
         known = result.completion_tokens
         result.completion_tokens = min(delivered.pieces, known) if known else delivered.pieces
 
@@ -222,6 +227,29 @@ async def _sse(gw: Gateway, call: Call, result: Result, include_usage: bool, dec
     yield b"data: [DONE]\n\n"
 
 
+LARGE_BODY = 256_000  # bytes of JSON past which a request body is parsed in a worker thread
+
+
+class OffloadedJSON(APIRoute):
+    """Parses a large JSON body in a worker thread before FastAPI reads it (Starlette keeps the result on the
+    request), so that one key's megabyte bodies never hold the event loop that /health and everyone else
+    need. Invalid JSON is left for FastAPI, which answers it as usual."""
+
+    def get_route_handler(self):  # type: ignore[no-untyped-def]
+        handler = super().get_route_handler()
+
+        async def parse_first(request: Request) -> Response:
+            body = await request.body()
+            if len(body) > LARGE_BODY:
+                try:
+                    request._json = await asyncio.to_thread(json.loads, body)  # what request.json() returns
+                except ValueError:
+                    pass
+            return await handler(request)
+
+        return parse_first
+
+
 def _include_usage(body: Any) -> bool:
     options = body.stream_options
     return bool(options is not None and options.include_usage)
@@ -231,7 +259,7 @@ def openai_router(passthrough: bool) -> APIRouter:
     """The /v1 routes of one app; `passthrough` picks the request schemas (see the module docstring)."""
     chat_schema = PassthroughChatRequest if passthrough else ChatCompletionRequest
     completion_schema = PassthroughCompletionRequest if passthrough else CompletionRequest
-    v1 = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
+    v1 = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES, route_class=OffloadedJSON)
 
     @v1.get("/models", response_model=ModelList)
     async def list_models(request: Request, principal: Principal = Depends(authorize)) -> Response:
