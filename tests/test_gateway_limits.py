@@ -90,3 +90,28 @@ def test_admin_actions_are_audited_and_wrong_admin_keys_limited(gw, caplog: pyte
     assert ("/admin/accounts/carol/block", 200, "admin") in trail and ("/admin/accounts", 201, "admin") in trail
     assert ("/admin/accounts/carol/unblock", 401, "admin") in trail
     assert gw["store"].get_account("carol")["blocked"]
+
+
+def test_a_refused_key_is_audited_up_to_its_budget_then_only_counted(tmp_path):
+    import openai
+
+    from detect_support import StubBackend
+
+    from stillwatch.guard.app import create_app
+
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    engine = make_engine(db)
+    upgrade(engine)
+    store = AccountStore(engine)
+    key = store.create_key("hammer")[1]
+    store.block("hammer", "harvesting")
+    settings = GuardSettings(db_url=db, refusals_audited_per_minute=5, detection=False)
+    app = create_app(settings, backend=StubBackend())
+    with ServerThread(app) as server:
+        client = openai.OpenAI(api_key=key, base_url=server.base_url, max_retries=0)
+        for _ in range(12):
+            with pytest.raises(openai.PermissionDeniedError):
+                client.completions.create(model="stub", prompt="x" * 1000, max_tokens=4)
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    assert store.usage("hammer")["requests"] == 5
+    assert "stillwatch_refusals_unaudited_total 7.0" in metrics

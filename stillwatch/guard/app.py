@@ -15,7 +15,7 @@ from stillwatch.guard.admin import admin_router
 from stillwatch.guard.audit import AuditLog
 from stillwatch.guard.backends import Backend, make_backend
 from stillwatch.guard.db import make_engine, upgrade
-from stillwatch.guard.deps import Gateway, audit_error
+from stillwatch.guard.deps import Gateway, RefusalBudget, audit_error
 from stillwatch.guard.detection import OnlineDetection
 from stillwatch.guard.errors import install_handlers
 from stillwatch.guard.metrics import Metrics
@@ -58,6 +58,7 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     # The policy is read and checked here, so a bad file fails before anything starts.
     detection = OnlineDetection(store, settings) if settings.detection else None
     gw = Gateway(settings=settings, store=store, audit=audit, quotas=quotas, metrics=metrics, detection=detection,
+                 refusals=RefusalBudget(settings.refusals_audited_per_minute),
                  inline_db=engine.dialect.name == "sqlite",
                  inline_quotas=settings.rate_limit_storage.startswith("memory"))
 

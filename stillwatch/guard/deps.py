@@ -26,6 +26,27 @@ log = logging.getLogger("stillwatch.guard")
 bearer = HTTPBearer(auto_error=False, description="An API key made with `stillwatch keys create`.")
 
 
+class RefusalBudget:
+    """How many refusals per key per minute this replica audits; the count resets each minute, so memory is
+    bounded by the keys refused in one minute."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._minute = -1
+        self._counts: dict[str, int] = {}
+
+    def admit(self, key_id: str) -> bool:
+        """Whether this refusal of `key_id` is audited (False once the key spent its minute's budget)."""
+        minute = int(time.monotonic() // 60)
+        if minute != self._minute:
+            self._minute, self._counts = minute, {}
+        used = self._counts.get(key_id, 0)
+        if used >= self.per_minute:
+            return False
+        self._counts[key_id] = used + 1
+        return True
+
+
 @dataclass
 class Gateway:
     """Everything a request needs; built by `create_app`, kept on `app.state.gateway`."""
@@ -39,6 +60,7 @@ class Gateway:
     detection: Any = None  # the app's OnlineDetection, or None when detection is off
     inline_db: bool = True  # SQLite reads take microseconds: a thread hop would cost more than it saves
     inline_quotas: bool = True  # memory:// likewise; Redis and PostgreSQL go to a worker thread
+    refusals: RefusalBudget | None = None  # refusals audited per key per minute (None: every one)
     _pending: set = field(default_factory=set)
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -172,6 +194,9 @@ async def audit_error(request: Request, err: APIError) -> None:
     if gw is None or call is None or call.principal is None:
         return
     gw.metrics.decisions.labels(err.decision).inc()
+    if err.status in (403, 429) and gw.refusals is not None and not gw.refusals.admit(call.principal.key_id):
+        gw.metrics.refusals_unaudited.inc()
+        return
     try:
         await gw.audit.record(call.entry(err.status, err.decision, error_code=err.code))
     except Exception:  # noqa: BLE001 - the error response goes out regardless

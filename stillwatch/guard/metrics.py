@@ -25,6 +25,8 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("stillwatch_requests_in_flight", "Requests being served", registry=r)
         self.decisions = Counter("stillwatch_guard_decisions", "What the guard decided", ["decision"], registry=r)
+        self.refusals_unaudited = Counter("stillwatch_refusals_unaudited", "Refused requests beyond a key's "
+                                          "per-minute audit budget (counted here only)", registry=r)
         self.tokens = Counter("stillwatch_tokens", "Tokens served", ["kind"], registry=r)
         self.batch_sequences = Histogram("stillwatch_batch_sequences", "Sequences per local model call",
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)

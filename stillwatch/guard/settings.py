@@ -70,6 +70,10 @@ class GuardSettings(BaseSettings):
                                                   "either way).")
     rejected_prompt_chars: int = Field(2000, ge=0, description="Characters of a refused request's prompt kept "
                                                                "in the audit log (with the SHA-256 of all of it).")
+    refusals_audited_per_minute: int = Field(
+        120, ge=0, description="Refused requests (403, 429) audited per key per minute and replica; the rest "
+                               "are counted in /metrics only, so a key hammering after its block cannot fill "
+                               "the disk.")
     prompt_retention_days: int = Field(30, ge=0, description="Days prompt texts are kept (0 = forever).")
     completion_retention_days: int = Field(0, ge=0, description="Days completion texts are kept (0 = forever): "
                                                                 "they are the evidence prove reads.")
