@@ -6,6 +6,8 @@
                                                          # students (about an hour per seed on 2 shared cores)
     python bench/detection.py --seeds 0                  # one seed (the JSON says which seeds it holds)
     python bench/detection.py --smoke                    # tiny sizes, to keep the script working in CI
+    python bench/detection.py --from-db G.db --seeds 0   # the rest of the analysis over a run cut short (the
+                                                         # gateway database it left, with the run's seed)
 
 Each seed starts `stillwatch serve --teacher builtin` (detection on, the built-in policy, SQLite in a temp
 dir, 127.0.0.1 only) and drives it with `stillwatch.detect.simulate`: honest chat users, app integrations,
@@ -126,6 +128,35 @@ def run_traffic(seed: int, size: dict, tmp: Path, teacher_dir: Path) -> dict:
     log_tail = (tmp / f"gateway-{seed}.log").read_text(errors="replace").splitlines()[-20:]
     return {"outcome": outcome, "state": state, "traffic_s": traffic_s, "settle_s": settle_s,
             "gateway_log_tail": [line[:300] for line in log_tail if "Traceback" in line or "ERROR" in line]}
+
+
+def traffic_from_db(db_path: Path, seed: int, size: dict) -> dict:
+    """A run's gateway database read back without its simulator (a run cut short: the gateway kept everything
+    it was sent). The simulator's per-client counts come from the audit records instead."""
+    state = read_state(db_path)
+    planned = {c.account: len(c.plan) for c in clients(SimulationConfig(
+        endpoint="http://127.0.0.1:1/v1", seed=seed, duration=size["duration"], honest=size["honest"],
+        attackers=size["attackers"], campaign_accounts=size["campaign"]))}
+    accounts = []
+    for name in planned:
+        records = state["records"].get(name, [])
+        if name not in state["accounts"]:
+            continue  # its first session had not begun when the run stopped
+        statuses = _count(str(r["status"]) for r in records)
+        prof = profile_of(name)
+        accounts.append({"account": name, "profile": prof, "kind": "honest" if prof in HONEST else "attacker",
+                         "planned": planned[name], "sent": len(records),
+                         "ok": sum(r["status"] < 400 for r in records),
+                         "refused": sum(r["status"] in (403, 429) for r in records),
+                         "errors": sum(r["status"] >= 400 and r["status"] not in (403, 429) for r in records),
+                         "statuses": dict(statuses)})
+    times = [r["time"] for rs in state["records"].values() for r in rs]
+    totals = {"sent": sum(a["sent"] for a in accounts), "ok": sum(a["ok"] for a in accounts),
+              "refused": sum(a["refused"] for a in accounts), "errors": sum(a["errors"] for a in accounts),
+              "planned": sum(planned.values()), "seconds": round(max(times) - min(times), 1) if times else 0.0,
+              "cut_short": True}
+    return {"outcome": {"totals": totals, "accounts": accounts}, "state": state, "traffic_s": totals["seconds"],
+            "settle_s": 0.0, "gateway_log_tail": []}
 
 
 def settle(db_path: Path, quiet_s: float = 8.0, limit_s: float = 90.0) -> float:
@@ -555,6 +586,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, under a minute")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="simulator and student seeds")
     parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default: the shipped one)")
+    parser.add_argument("--from-db", type=Path, default=None,
+                        help="read a stopped run's gateway database (SQLite file) instead of running traffic; one seed")
     parser.add_argument("--no-students", action="store_true", help="skip the distillation (traffic and outcome only)")
     parser.add_argument("--identity-students", action="store_true",
                         help="a student per attacker identity on the first seed (default: per profile on every seed)")
@@ -574,7 +607,8 @@ def main() -> None:
     result = {"benchmark": "detection", **run_info(args.seeds[0]), "seeds": args.seeds, "smoke": args.smoke,
               "sizes": dict(size), "students_per": "attacker identity on the first seed, profile on the others"
               if args.identity_students else "profile (the union of its identities' harvests) on every seed",
-              "teacher": _shown(teacher_dir), "teacher_accuracy": teacher_acc, "goals": GOALS}
+              "teacher": _shown(teacher_dir), "teacher_accuracy": teacher_acc, "goals": GOALS,
+              "traffic_cut_short": args.from_db is not None}
     result["machine"].update(bench_torch_threads=1, gateway_torch_threads=1)
 
     def write(done: bool) -> None:
@@ -588,7 +622,8 @@ def main() -> None:
         for n, seed in enumerate(args.seeds):
             began = time.monotonic()
             print(f"seed {seed}: traffic through a live gateway ...", flush=True)
-            run = run_traffic(seed, size, tmp, teacher_dir)
+            run = (traffic_from_db(args.from_db, seed, size) if args.from_db else
+                   run_traffic(seed, size, tmp, teacher_dir))
             rows = account_outcomes(run["state"], run["outcome"])
             summary = summarise_outcomes(rows)
             print(f"  {run['outcome']['totals']} in {run['traffic_s']:.0f} s; honest blocked "
@@ -600,6 +635,9 @@ def main() -> None:
                      "honest_accuracy": honest_accuracy(run["state"], rows, teacher, seed), "accounts": rows}
             seeds_out.append(entry)
             write(False)
+            if "cost" not in result:  # before the students, the longest phase
+                result["cost"] = detector_cost(size["cost_accounts"], args.seeds[0])
+                write(False)
             if not args.no_students:
                 per_identity = args.identity_students and n == 0
                 entry["students_per"] = "attacker identity" if per_identity else "profile"
@@ -611,7 +649,6 @@ def main() -> None:
             entry["seconds"] = round(time.monotonic() - began, 1)
             write(False)
             print(f"  seed {seed} done in {entry['seconds']:.0f} s", flush=True)
-    result["cost"] = detector_cost(size["cost_accounts"], args.seeds[0])
     write(True)
     print_table(result)
     print(f"wrote {out_path.relative_to(ROOT)}")
