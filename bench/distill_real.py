@@ -1,7 +1,7 @@
 """Benchmark: distil from a real API, across tokenizer families; distill_real.json.
 
-    python bench/distill_real.py --jobs 2                         # every part, seeds 0 1 2 (about an hour on 2 cores)
-    python bench/distill_real.py --parts cross --rows xkd@1000 --seeds 3   # a part, some rows; results merge
+    python bench/distill_real.py --jobs 2                         # every part, seeds 0 1 2 (a few CPU-minutes a student)
+    python bench/distill_real.py --parts cross --rows xkd@250 --seeds 3    # a part, some rows; results merge
     python bench/distill_real.py --smoke                          # tiny sizes, to keep the script working in CI
 
 Parts (`--parts`; each writes its own section of the results file and leaves the others as they are):
@@ -15,8 +15,10 @@ Parts (`--parts`; each writes its own section of the results file and leaves the
     student trained on a `--verify`, a `--vote` and an unfiltered harvest of equal token count, against the
     teacher's own greedy accuracy.
 
-Every student trains as `stillwatch distill --steps 12000 --batch-size 16` does, one torch thread each; a seed
-is the student's (initialisation and batch order; the harvest stays the same). Each row reports the median and
+Part cross is sized for the shared 2-core machine (250 prompts per task, 4,000 steps x 16, a third of
+retention.py's budget); `--harvest-prompts 1000 --steps 12000` is retention.py's size. Every student trains as
+`stillwatch distill --steps S --batch-size 16` does, one torch thread each; a seed is the student's
+(initialisation and batch order; the harvest stays the same). Each row reports the median and
 the worst seed and the teacher tokens it consumed (completion tokens of the harvested rows it trained on).
 Retention = student / teacher greedy accuracy per reasoning task on 200 held-out prompts.
 """
@@ -243,12 +245,11 @@ PARTS = {"cross": run_cross,  # part name -> runner(args, size, work, teacher_di
          "beyond": run_beyond}  # bench/distill_real_beyond.py
 
 
-def parse_rows(spec: list[str] | None, smoke: bool) -> list[tuple[str, int]]:
-    """(method, prompts per task) of each requested row of part cross."""
-    if smoke:
-        every = [(m, n) for m in METHODS for n in (8,)] + [("xsft", 16)]
-    else:
-        every = [(m, 250) for m in METHODS] + [("xkd", 60)]
+def parse_rows(spec: list[str] | None, smoke: bool, harvest_prompts: int) -> list[tuple[str, int]]:
+    """(method, prompts per task) of each requested row of part cross: every method on the whole harvest, and
+    kd on a quarter of it (for "a quarter of the teacher tokens")."""
+    n = harvest_prompts
+    every = [(m, n) for m in METHODS] + [("xkd", n // 4), ("kd", n // 4)]
     if not spec:
         return every
     known = {row_name(m, n): (m, n) for m, n in every}
@@ -266,10 +267,17 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=None, help="rows of part cross (default: all of them)")
     parser.add_argument("--jobs", type=int, default=1, help="students trained at once, one torch thread each")
     parser.add_argument("--teacher", type=Path, default=None, help="teacher directory (default: the shipped one)")
+    parser.add_argument("--steps", type=int, default=None, help="part cross: override the student step budget")
+    parser.add_argument("--harvest-prompts", type=int, default=None,
+                        help="part cross: prompts per task to harvest (rows then name their subset, e.g. xkd@1000)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    size = SIZES["smoke" if args.smoke else "full"]
-    args.row_specs = parse_rows(args.rows, args.smoke)
+    size = dict(SIZES["smoke" if args.smoke else "full"])
+    if args.steps:
+        size["steps"] = args.steps
+    if args.harvest_prompts:
+        size["harvest_prompts"] = args.harvest_prompts
+    args.row_specs = parse_rows(args.rows, args.smoke, size["harvest_prompts"])
     out = OUT / ("distill_real-smoke.json" if args.smoke else "distill_real.json")
     result = json.loads(out.read_text()) if out.is_file() else {}
 
