@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from stillwatch.cli import main
-from stillwatch.harvest import HarvestStore
 from stillwatch.tokenizer import corpus, load_tokenizer
 
 
