@@ -101,5 +101,6 @@ def create_app(settings: GuardSettings | None = None, backend: Backend | None = 
     app.include_router(admin_router(store, audit, settings), prefix="/admin")
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes, metrics=metrics,
                        body_timeout_s=settings.body_timeout_s, request_log=settings.log_format == "json",
-                       log_prompts=settings.log_prompts)
+                       log_prompts=settings.log_prompts, large_body=settings.large_body_bytes,
+                       large_per_key=settings.large_body_per_key, large_total=settings.large_body_total)
     return app

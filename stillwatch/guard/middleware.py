@@ -5,15 +5,51 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stillwatch.guard.accounts import key_id_of
 from stillwatch.guard.errors import APIError, error_bytes, too_large, too_slow
 from stillwatch.guard.logs import log_request, request_fields
 from stillwatch.guard.metrics import Metrics
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/models", "/health",
           "/ready", "/metrics")
+
+
+class LargeBodies:
+    """At most `per_key` large requests of one key, and `total` of everyone, in flight at once: a key that
+    sends megabyte bodies on many connections queues behind itself, and /health and small requests, which
+    need no slot, keep the CPU they need. Waiting costs nothing (an asyncio semaphore)."""
+
+    def __init__(self, total: int = 8, per_key: int = 2):
+        self.total = asyncio.Semaphore(total)
+        self.per_key = per_key
+        self.keys: dict[str, tuple[asyncio.Semaphore, int]] = {}  # key id -> (its slots, requests using them)
+
+    @asynccontextmanager
+    async def slot(self, key: str | None) -> AsyncIterator[None]:
+        name = key or "-"  # requests without a well-formed key share one
+        sem, users = self.keys.get(name, (asyncio.Semaphore(self.per_key), 0))
+        self.keys[name] = (sem, users + 1)
+        try:
+            async with sem, self.total:
+                yield
+        finally:
+            sem, users = self.keys[name]
+            if users <= 1:
+                del self.keys[name]  # bounded by the requests in flight, never by the keys ever seen
+            else:
+                self.keys[name] = (sem, users - 1)
+
+
+def _key_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            return key_id_of(value.decode("latin-1").partition(" ")[2].strip())
+    return None
 
 
 def route_label(path: str) -> str:
@@ -32,10 +68,14 @@ class GuardMiddleware:
     latency per route."""
 
     def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics, body_timeout_s: float = 30.0,
-                 request_log: bool = False, log_prompts: bool = False):
+                 request_log: bool = False, log_prompts: bool = False, large_body: int = 256_000,
+                 large_per_key: int = 2, large_total: int = 8):
         self.app, self.max_body, self.metrics, self.body_timeout_s = app, max_body, metrics, body_timeout_s
         # One structured line per request (serve --log-format json); prompts only when asked.
         self.request_log, self.log_prompts = request_log, log_prompts
+        # Large bodies are parsed, validated, encoded and audited at milliseconds of CPU each, much of it
+        # holding the GIL (json's C code does): they take a slot of `LargeBodies` first.
+        self.large_body, self.large = large_body, LargeBodies(large_total, large_per_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +104,10 @@ class GuardMiddleware:
                     await self._reject(send_and_note, too_large(self.max_body))
                     return
                 receive = _replay(body, receive)
+                if len(body) > self.large_body:
+                    async with self.large.slot(_key_id(scope)):
+                        await self.app(scope, receive, send_and_note)
+                    return
             await self.app(scope, receive, send_and_note)
         finally:
             self.metrics.in_flight.dec()

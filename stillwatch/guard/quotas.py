@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, urlencode
 from limits import RateLimitItem, RateLimitItemPerMinute, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
-from sqlalchemy import Engine, and_, delete, or_, select
+from sqlalchemy import Engine, and_, bindparam, delete, or_, select
 
 from stillwatch.errors import ConfigError, StillwatchError
 
@@ -190,6 +190,7 @@ class QuotaStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._lookup: Any = None
 
     @staticmethod
     def _check(scope: str, subject: str, limits: dict[str, str | None]) -> None:
@@ -253,15 +254,17 @@ class QuotaStore:
 
     def lookup(self, account_name: str, key_id: str) -> dict[str, tuple]:
         """The rows that apply to one request: {"default": row, "account": row, "key": row}, each as a tuple
-        of the four limits (one indexed query)."""
-        from stillwatch.guard.tables import Quota
+        of the four limits (one indexed query, built once: building a statement costs more than running it)."""
+        if self._lookup is None:
+            from stillwatch.guard.tables import Quota
 
-        stmt = (select(Quota.scope, Quota.requests, Quota.tokens, Quota.key_requests, Quota.key_tokens)
-                .where(or_(and_(Quota.scope == "default", Quota.subject == ""),
-                           and_(Quota.scope == "account", Quota.subject == account_name),
-                           and_(Quota.scope == "key", Quota.subject == key_id))))
+            self._lookup = (select(Quota.scope, Quota.requests, Quota.tokens, Quota.key_requests, Quota.key_tokens)
+                            .where(or_(and_(Quota.scope == "default", Quota.subject == ""),
+                                       and_(Quota.scope == "account", Quota.subject == bindparam("account")),
+                                       and_(Quota.scope == "key", Quota.subject == bindparam("key")))))
         with self.engine.connect() as conn:
-            return {r[0]: tuple(r[1:]) for r in conn.execute(stmt).all()}
+            rows = conn.execute(self._lookup, {"account": account_name, "key": key_id}).all()
+        return {r[0]: tuple(r[1:]) for r in rows}
 
     def resolve(self, account_name: str, key_id: str | None = None) -> dict[str, str]:
         """The limits in force for an account (and one of its keys), in the `limits` notation: built-in

@@ -148,11 +148,18 @@ class PassthroughStreamOptions(Passthrough):
     include_usage: bool | None = None
 
 
-class PassthroughMessage(Passthrough):
-    """Any chat message: tool results, images, audio, refusals and tool calls pass as sent."""
+def _roles(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Any chat message passes as sent (tool results, images, audio, refusals, tool calls); each needs a role.
+    One check over plain dicts: a model per message cost ten times as much validation, and a body of thousands
+    of messages is a cheap way to make a gateway spend CPU on the event loop."""
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if not isinstance(role, str) or not 1 <= len(role) <= 64:
+            raise ValueError(f"messages[{i}].role must be a string of 1 to 64 characters")
+    return messages
 
-    role: Text = Field(max_length=64)
-    content: Any = None
+
+PassthroughMessages = Annotated[list[dict[str, Any]], AfterValidator(_roles)]
 
 
 class _PassthroughGeneration(Passthrough):
@@ -166,7 +173,7 @@ class PassthroughChatRequest(_PassthroughGeneration):
     """`POST /v1/chat/completions` to an upstream: every field the client sends goes on unchanged."""
 
     # Agent conversations grow long; the body cap (max_body_bytes) bounds them, not a message count.
-    messages: list[PassthroughMessage] = Field(min_length=1, max_length=100_000)
+    messages: PassthroughMessages = Field(min_length=1, max_length=100_000)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None

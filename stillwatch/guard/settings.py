@@ -61,6 +61,11 @@ class GuardSettings(BaseSettings):
                                                           "after), before authentication: no slow-body holds.")
     max_upstream_bytes: int = Field(64_000_000, ge=1, description="Most bytes read from the upstream for one "
                                     "response (502 beyond); echo scoring with top-20 logprobs needs a few MB.")
+    large_body_bytes: int = Field(256_000, ge=1, description=(
+        "Bodies past this size cost milliseconds of CPU each (parse, validate, encode, audit): at most "
+        "large_body_per_key of one key and large_body_total of everyone are served at once, the rest wait."))
+    large_body_per_key: int = Field(2, ge=1, description="Large requests of one key served at once.")
+    large_body_total: int = Field(8, ge=1, description="Large requests of all keys served at once.")
     max_n: int = Field(8, ge=1, description="Largest n (choices per request).")
     max_tokens_limit: int = Field(32_768, ge=1, description=(
         "Most completion tokens one request may ask for (max_tokens, max_completion_tokens, "
