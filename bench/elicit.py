@@ -3,11 +3,13 @@
     OMP_NUM_THREADS=1 nice -n 15 python bench/elicit.py            # full: packaged model + retrained seeds 1, 2
     OMP_NUM_THREADS=1 python bench/elicit.py --smoke               # a few hundred prompts, no retraining (CI)
 
-Reported, on data/elicit/test.jsonl (families, half the slot words and the wrappers never seen in training):
-AUC; recall at <=1% false positives on the hard negatives (read off the test ROC, and at the shipped threshold
-that was set on dev); precision and recall per category; recall per wrapper and language; the rules-only
-baseline beside the model; p95 latency at batch 1 on one thread; throughput at batch 64; size and load time.
-Training is convex, so other seeds retrain on a set regenerated with that seed (the test split stays fixed).
+Reported, on data/elicit/test.jsonl, the held-out phrasing figure (families, half the slot words and the
+wrappers never seen in training), and on data/elicit/indist.jsonl, the in-distribution one (new rows of the
+train families): AUC; recall at <=1% false positives on the hard negatives (read off the ROC, and at the shipped
+threshold that was set on dev); precision and recall per category; recall per wrapper and language; the
+rules-only baseline beside the model; p95 latency at batch 1 on one thread; throughput at batch 64; size and
+load time. Training is convex, so other seeds retrain on a set regenerated with that seed (the test split
+stays fixed; indist is that seed's own).
 No public labelled injection set is available offline here, so none is scored. Results go to
 bench/results/elicit.json (elicit-smoke.json with --smoke).
 """
@@ -144,8 +146,17 @@ def worst_case_ms(clf) -> dict:
     return out
 
 
+def _seed_row(seed: int, held_out: dict, in_dist: dict) -> dict:
+    return {"seed": seed, "auc": held_out["auc"],
+            "roc_recall_at_1pct_fpr_hard": held_out["roc_recall_at_1pct_fpr_hard"]["recall"],
+            "recall_at_threshold": held_out["at_threshold"]["recall"],
+            "fpr_hard_at_threshold": held_out["at_threshold"]["fpr_hard_negatives"],
+            "in_distribution_auc": in_dist["auc"],
+            "in_distribution_roc_recall_at_1pct_fpr_hard": in_dist["roc_recall_at_1pct_fpr_hard"]["recall"]}
+
+
 def retrain_seed(seed: int, test_rows: list[dict], tmp: Path) -> dict:
-    """Train on the set generated with `seed` and score the fixed test split."""
+    """Train on the set generated with `seed` and score the fixed test split and that seed's indist rows."""
     from stillwatch.detect.elicit_train import TrainConfig, train
     from stillwatch.detect.elicit import save_classifier
 
@@ -154,11 +165,10 @@ def retrain_seed(seed: int, test_rows: list[dict], tmp: Path) -> dict:
     path = save_classifier(tmp / f"seed{seed}.npz", W, b, TrainConfig().features, threshold, {})
     clf = read_classifier(path)
     model, model_cat, _, _ = score_rows(clf, test_rows)
-    ev = evaluate(test_rows, model, model_cat, clf.threshold)
-    return {"seed": seed, "train_seconds": summary["seconds"], "auc": ev["auc"],
-            "roc_recall_at_1pct_fpr_hard": ev["roc_recall_at_1pct_fpr_hard"]["recall"],
-            "recall_at_threshold": ev["at_threshold"]["recall"],
-            "fpr_hard_at_threshold": ev["at_threshold"]["fpr_hard_negatives"]}
+    held_out = evaluate(test_rows, model, model_cat, clf.threshold)
+    model, model_cat, _, _ = score_rows(clf, splits["indist"])
+    in_dist = evaluate(splits["indist"], model, model_cat, clf.threshold)
+    return {**_seed_row(seed, held_out, in_dist), "train_seconds": summary["seconds"]}
 
 
 def main() -> None:
@@ -170,22 +180,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out_path = args.out or ROOT / "bench" / "results" / ("elicit-smoke.json" if args.smoke else "elicit.json")
-    test_rows = read_split(DATA / "test.jsonl")
+    test_rows, indist_rows = read_split(DATA / "test.jsonl"), read_split(DATA / "indist.jsonl")
     if args.smoke:
         test_rows = test_rows[:: max(1, len(test_rows) // 400)]
+        indist_rows = indist_rows[:: max(1, len(indist_rows) // 200)]
     t0 = time.perf_counter()
     clf = read_classifier(MODEL_PATH)
     model, model_cat, rules, rules_cat = score_rows(clf, test_rows)
+    in_model, in_model_cat, in_rules, in_rules_cat = score_rows(clf, indist_rows)
     results = {
         "run": run_info(seed=0),
         "targets": TARGETS,
-        "data": {"test": str((DATA / "test.jsonl").relative_to(ROOT)), "public_sets": "none: no public labelled "
+        "data": {"test": str((DATA / "test.jsonl").relative_to(ROOT)),
+                 "in_distribution": str((DATA / "indist.jsonl").relative_to(ROOT)), "public_sets": "none: no public labelled "
                  "injection set is available offline on this machine; none was used for training either"},
         "model": {"version": clf.version, "threshold": clf.threshold, "config": clf.meta["config"],
                   "trained": clf.meta.get("trained")},
         "learned": evaluate(test_rows, model, model_cat, clf.threshold),
         # rules alone, at the point where any rule fires (their scores are coarse noisy-ors of fixed weights)
         "rules_only": evaluate(test_rows, rules, rules_cat, 0.5),
+        # the same, on new rows of the phrasings training saw
+        "learned_in_distribution": evaluate(indist_rows, in_model, in_model_cat, clf.threshold),
+        "rules_only_in_distribution": evaluate(indist_rows, in_rules, in_rules_cat, 0.5),
     }
     print(f"scored {len(test_rows)} test prompts in {time.perf_counter() - t0:.1f} s", flush=True)
     prompts = [r["prompt"] for r in test_rows]
@@ -196,15 +212,13 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            per_seed = [{"seed": 0, "auc": results["learned"]["auc"],
-                         "roc_recall_at_1pct_fpr_hard": results["learned"]["roc_recall_at_1pct_fpr_hard"]["recall"],
-                         "recall_at_threshold": results["learned"]["at_threshold"]["recall"],
-                         "fpr_hard_at_threshold": results["learned"]["at_threshold"]["fpr_hard_negatives"]}]
+            per_seed = [_seed_row(0, results["learned"], results["learned_in_distribution"])]
             for seed in seeds:
                 per_seed.append(retrain_seed(seed, test_rows, Path(tmp)))
                 print(f"seed {seed}: {per_seed[-1]}", flush=True)
         results["seeds"] = {"runs": per_seed, **{f"{k}_{agg}": fn([r[k] for r in per_seed])
-                            for k in ("auc", "roc_recall_at_1pct_fpr_hard", "recall_at_threshold")
+                            for k in ("auc", "roc_recall_at_1pct_fpr_hard", "recall_at_threshold",
+                                      "in_distribution_auc", "in_distribution_roc_recall_at_1pct_fpr_hard")
                             for agg, fn in (("median", statistics.median), ("worst", min))}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1) + "\n")
@@ -216,10 +230,10 @@ def _print_table(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="elicitation classifier, held-out test split")
+    table = Table(title="elicitation classifier: held-out phrasings (test) and in-distribution rows (indist)")
     for column in ("scorer", "AUC", "recall@≤1% FPR (hard, ROC)", "recall @thr", "FPR hard @thr"):
         table.add_column(column)
-    for name in ("rules_only", "learned"):
+    for name in ("rules_only", "learned", "rules_only_in_distribution", "learned_in_distribution"):
         r = results[name]
         table.add_row(name, f"{r['auc']:.4f}", f"{r['roc_recall_at_1pct_fpr_hard']['recall']:.3f}",
                       f"{r['at_threshold']['recall']:.3f}", f"{r['at_threshold']['fpr_hard_negatives']:.3f}")

@@ -10,6 +10,8 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from stillwatch.detect.elicit_concepts import CONCEPTS
+
 # Hostile sizes get bounded work: a longer prompt is read as its head and its tail.
 MAX_CHARS = 16_384
 MAX_DEPTH = 12
@@ -36,11 +38,26 @@ _SEGMENT = re.compile(r"\n+|(?<=[.!?;:。！？])\s+|[\"“”]|<!--|-->|\s#\s|^
 _ROT_CUE = re.compile(r"\brot[- ]?13\b|\bcaesar\b")
 _REVERSE_CUE = re.compile(r"\bbackwards?\b|\breversed?\b|\bright to left\b")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_QUOTE = re.compile(r"['\"“”‘’«»]")
+# A payload split into quoted pieces (across turns, or as a = "...", b = "...") is read joined as well.
+MAX_FRAGMENT = 400
+MAX_FRAGMENTS = 32
 # Common English words and the words attacks are made of: a decoded view that reads as English has many.
 _ENGLISH = frozenset("""the a an and or of to in is are you your me my i it this that what with for on be all
  as not do print show reveal ignore previous instructions system prompt above tell give output repeat write
  rules reasoning hidden thoughts thinking chain probabilities tokens logits now from before answer please
  everything full raw text message developer""".split())
+# More everyday words, only to cut spaced-out runs back into words.
+_COMMON = frozenset("""after before with from that this they them then than what when where which while every each
+ about below into over under again only also just more most some such there their these those would could should
+ model reply first last line lines words text user here next step steps tell make were been have will want need
+ answer question private notes working scores values given told started conversation original configured""".split())
+
+
+# The words a spaced-out run is cut at: the common words above and every concept stem.
+_VOCAB = frozenset(w for w in _ENGLISH | _COMMON | {s for stems in CONCEPTS.values() for s in stems if s.isascii()}
+                   if len(w) >= 4 and w.isalpha())
+_VOCAB_MAX = max(map(len, _VOCAB))
 
 
 @dataclass(frozen=True)
@@ -106,8 +123,33 @@ def normalise(text: str) -> str:
     text = _CONTROL.sub(" ", text.translate(_ZERO_WIDTH))
     text = unicodedata.normalize("NFKC", text).casefold()
     text = _MIXED_SCRIPT.sub(lambda m: m.group(0).translate(_HOMOGLYPHS), text)
-    text = _SPACED.sub(lambda m: re.sub(r"[ .\-_*]", "", m.group(0)), text)
+    text = _SPACED.sub(lambda m: split_run(re.sub(r"[ .\-_*]", "", m.group(0))), text)
     return _SPACES.sub(" ", text).strip()
+
+
+def split_run(run: str) -> str:
+    """Letters that were spaced out, cut back into words where known words (four letters or more) begin, the cut
+    that covers the most letters with known words: "operatorprompt" -> "operator prompt". Unknown letters stay
+    with the word before them; a run with no known word stays whole."""
+    if len(run) > 200 or not run.isalpha():
+        return run
+    # best[j]: (letters covered by known words in run[:j], minus half a point a word; where the last word starts)
+    best: list[tuple[float, int]] = [(0.0, -1)] + [(-1.0, -1)] * len(run)
+    for j in range(1, len(run) + 1):
+        best[j] = (best[j - 1][0], -1)
+        for i in range(max(0, j - _VOCAB_MAX), j - 3):
+            if run[i:j] in _VOCAB and best[i][0] + (j - i) - 0.5 > best[j][0]:
+                best[j] = (best[i][0] + (j - i) - 0.5, i)
+    starts, j = set(), len(run)
+    while j > 0:
+        i = best[j][1]
+        if i >= 0:
+            starts.add(i)
+            j = i
+        else:
+            j -= 1
+    starts.discard(0)
+    return "".join(" " + ch if k in starts else ch for k, ch in enumerate(run))
 
 
 def _english(text: str) -> int:
@@ -123,8 +165,32 @@ def _readable(raw: bytes) -> str | None:
     return text if text and printable >= 0.9 * len(text) and _WORD.search(text) else None
 
 
+def quoted_fragments(raw: str) -> list[str]:
+    """Quoted strings of two words or more, in order, each on one line: linear in the text, whatever its quotes."""
+    out: list[str] = []
+    for line in raw.splitlines():
+        start = None
+        for match in _QUOTE.finditer(line):
+            i = match.start()
+            before = line[i - 1] if i else " "
+            after = line[i + 1] if i + 1 < len(line) else " "
+            if start is not None and not after.isalnum() and i - start > 3:
+                piece = line[start + 1: i].strip()
+                start = None
+                if " " in piece:
+                    out.append(piece)
+                    if len(out) >= MAX_FRAGMENTS:
+                        return out
+            elif not before.isalnum() and (start is None or i - start > MAX_FRAGMENT):
+                start = i
+    return out
+
+
 def _decoded_views(raw: str, norm: str) -> list[tuple[str, str]]:
     views: list[tuple[str, str]] = []
+    fragments = quoted_fragments(raw)
+    if len(fragments) >= 2:
+        views.append(("fragments", " ".join(fragments)))
     for match in _BASE64.finditer(raw):
         blob = match.group(0)
         try:
