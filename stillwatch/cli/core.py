@@ -129,14 +129,14 @@ def presets() -> None:
     from dataclasses import asdict
 
     from stillwatch.models import PRESETS, build_model, count_parameters
-    from stillwatch.tokenizer import train_tokenizer
+    from stillwatch.tokenizer import TOKENIZERS
 
-    tokenizer = train_tokenizer()
+    tokenizers = {kind: TOKENIZERS[kind]() for kind in sorted({p.tokenizer for p in PRESETS.values()})}
     table = Table(title="model presets")
     for col in ("preset", "parameters", "shape"):
         table.add_column(col)
-    for name, p in PRESETS.items():
-        table.add_row(name, f"{count_parameters(build_model(p, tokenizer)):,}", str(asdict(p)))
+    for name, p in PRESETS.items():  # each counted on its own tokenizer's vocabulary
+        table.add_row(name, f"{count_parameters(build_model(p, tokenizers[p.tokenizer])):,}", str(asdict(p)))
     Console().print(table)
 
 
