@@ -226,3 +226,24 @@ def test_kd_from_a_gateway_that_returns_token_strings(tiny_teacher: Path, tmp_pa
         assert aligned["rows"] == 6 and aligned["rows_unaligned"] == 0 and aligned["positions"] > 30, preset
     # The same tokenizer, spelled by strings: every student token is one teacher token
     assert aligned["same_token_fraction"] == 1.0
+
+
+def test_tokenizer_b_is_another_family_over_the_same_text() -> None:
+    from stillwatch.models import build_model, count_parameters
+    from stillwatch.tasks import examples, get_task
+    from stillwatch.tokenizer import train_tokenizer
+
+    a, b = train_tokenizer(), train_tokenizer_b()
+    shared = total = 0
+    for name in ("add", "story"):
+        for e in examples(get_task(name), 20, 4):
+            text = e.prompt + e.trace
+            ids = b(text, add_special_tokens=False)["input_ids"]
+            assert b.decode(ids) == text and b.unk_token_id not in ids  # lossless on the task world
+            cuts_a = {s for s, _ in a(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]}
+            cuts_b = [s for s, _ in b(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+            shared += sum(c in cuts_a for c in cuts_b)
+            total += len(cuts_b)
+    assert b.convert_ids_to_tokens(b("8577", add_special_tokens=False)["input_ids"]) == ["85", "77"]
+    assert shared / total < 0.9  # the two cut the same text at other places
+    assert count_parameters(build_model("student-b", b)) * 10 <= count_parameters(build_model("default", a))
