@@ -2,9 +2,14 @@
 
 Peers, against the same instant mock upstream on 127.0.0.1 (one process each, one run):
   direct      the client calls the mock upstream itself;
-  stillwatch  `stillwatch serve --upstream` with auth, a durable audit record per request and quotas on;
+  stillwatch  `stillwatch serve --upstream` as shipped: requests passed through as sent, key auth, quotas, online
+              detection on (the default) and a durable audit record per request before its response;
   litellm     LiteLLM's proxy (`litellm --config`, master key auth), from the `bench` extra.
+Every client sends the same mix in turn: a plain chat completion, a chat completion with tools (the mock
+answers with a tool call), and a Responses API request (POST /v1/responses).
 Reported: latency each adds over direct (p50/p99, one client in a loop) and requests/s at a fixed concurrency.
+Then a stall figure: /health latency on the stillwatch gateway while one key sends abusive requests (~0.9 MB
+prompts, 5,000-message bodies, bodies over the size cap), goal p99 <= 100 ms.
 Then the local backend: `stillwatch serve --teacher` at 1 vs 32 concurrent clients (tokens/s; batching).
 
     python bench/gateway.py            # full size
@@ -38,11 +43,34 @@ RESULTS = ROOT / "bench" / "results" / "gateway.json"
 HOST = "127.0.0.1"
 MODEL = "stillwatch"
 CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "add: 4721+3856\n"}], "max_tokens": 16}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+TOOLS_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": TOOLS,
+              "tool_choice": "auto", "max_tokens": 16}
+RESPONSES_BODY = {"model": MODEL, "input": "Say hello.", "instructions": "Be brief.", "max_output_tokens": 16}
+# (path, body) of the mix every client sends in turn.
+MIX = [("/v1/chat/completions", CHAT_BODY), ("/v1/chat/completions", TOOLS_BODY), ("/v1/responses", RESPONSES_BODY)]
 MOCK_REPLY = {
     "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": MODEL,
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "4721+3856=8577 -> 8577"},
                  "logprobs": None, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
+}
+MOCK_TOOL_REPLY = {
+    "id": "chatcmpl-mock-tool", "object": "chat.completion", "created": 0, "model": MODEL,
+    "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                 "message": {"role": "assistant", "content": None, "tool_calls": [
+                     {"id": "call_1", "type": "function",
+                      "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]}}],
+    "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49},
+}
+MOCK_RESPONSE = {
+    "id": "resp_mock", "object": "response", "created_at": 0, "status": "completed", "model": MODEL,
+    "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello.", "annotations": []}]}],
+    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+    "usage": {"input_tokens": 12, "output_tokens": 3, "total_tokens": 15},
 }
 
 
@@ -51,6 +79,8 @@ class _MockProtocol(asyncio.Protocol):
     """HTTP/1.1 keep-alive; answers every POST with the same chat completion and GET /v1/models with a list."""
 
     reply = json.dumps(MOCK_REPLY).encode()
+    tool_reply = json.dumps(MOCK_TOOL_REPLY).encode()
+    response = json.dumps(MOCK_RESPONSE).encode()
     models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
                                                       "owned_by": "mock"}]}).encode()
 
@@ -71,8 +101,14 @@ class _MockProtocol(asyncio.Protocol):
                     length = int(value)
             if len(self.buf) < end + 4 + length:
                 return
+            request = self.buf[end + 4:end + 4 + length]
             self.buf = self.buf[end + 4 + length:]
-            body = self.models if head.startswith("GET") else self.reply
+            if head.startswith("GET"):
+                body = self.models
+            elif head.startswith("POST /v1/responses"):
+                body = self.response
+            else:
+                body = self.tool_reply if b'"tools"' in request else self.reply
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                                  + str(len(body)).encode() + b"\r\n\r\n" + body)
 
@@ -93,22 +129,36 @@ def serve_mock(port: int) -> None:
 
 
 # ---------------------------------------------------------------- a lean keep-alive HTTP client
-class Conn:
-    """One keep-alive connection that sends a fixed request and reads the response (length or chunked)."""
+def http_request(port: int, path: str, body: dict | bytes | None, key: str | None, method: str = "POST") -> bytes:
+    """The bytes of one HTTP/1.1 request."""
+    data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    kind = "Content-Type: application/json\r\n" if body is not None else ""
+    return (f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}{kind}"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
-    def __init__(self, port: int, path: str, body: dict, key: str | None):
-        data = json.dumps(body).encode()
-        auth = f"Authorization: Bearer {key}\r\n" if key else ""
-        self.request = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}Content-Type: application/json\r\n"
-                        f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+class Conn:
+    """One keep-alive connection that sends its requests in turn (a mix) and reads each response (length or
+    chunked)."""
+
+    def __init__(self, port: int, mix: list[tuple[str, dict]], key: str | None, offset: int = 0):
+        self.requests = [http_request(port, path, body, key) for path, body in mix]
+        self.turn = offset
         self.port = port
         self.reader = self.writer = None
+
+    @property
+    def request(self) -> bytes:
+        return self.requests[self.turn % len(self.requests)]
 
     async def open(self):
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
 
     async def call(self) -> tuple[int, bytes]:
-        self.writer.write(self.request)
+        request = self.request
+        self.turn += 1
+        self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
@@ -134,8 +184,8 @@ class Conn:
             self.writer.close()
 
 
-async def _latency(port: int, path: str, body: dict, key: str | None, n: int, warmup: int) -> dict:
-    conn = Conn(port, path, body, key)
+async def _latency(port: int, mix: list[tuple[str, dict]], key: str | None, n: int, warmup: int) -> dict:
+    conn = Conn(port, mix, key)
     await conn.open()
     for _ in range(warmup):
         await conn.call()
@@ -151,9 +201,9 @@ async def _latency(port: int, path: str, body: dict, key: str | None, n: int, wa
             "mean_ms": 1000 * statistics.fmean(times), "errors": errors, "requests": n}
 
 
-async def _throughput(port: int, path: str, body: dict, key: str | None, n: int, concurrency: int,
+async def _throughput(port: int, mix: list[tuple[str, dict]], key: str | None, n: int, concurrency: int,
                       parse_usage: bool = False) -> dict:
-    conns = [Conn(port, path, body, key) for _ in range(concurrency)]
+    conns = [Conn(port, mix, key, offset=i) for i in range(concurrency)]
     await asyncio.gather(*(c.open() for c in conns))
     remaining, errors, tokens = n, 0, 0
 
@@ -174,6 +224,62 @@ async def _throughput(port: int, path: str, body: dict, key: str | None, n: int,
         c.close()
     return {"requests": n, "concurrency": concurrency, "seconds": elapsed, "requests_per_s": n / elapsed,
             "errors": errors, "completion_tokens": tokens, "tokens_per_s": tokens / elapsed}
+
+
+# ---------------------------------------------------------------- the stall figure
+def abusive_requests(port: int, key: str) -> list[bytes]:
+    """What one hostile key sends: a ~0.9 MB prompt, a 5,000-message body, and a body over the 1 MB cap."""
+    big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 900_000}], "max_tokens": 16}
+    many = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}] * 5000, "max_tokens": 16}
+    over = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 1_200_000}]}
+    return [http_request(port, "/v1/chat/completions", body, key) for body in (big, many, over)]
+
+
+async def _stall(port: int, key: str, seconds: float, attackers: int) -> dict:
+    """/health latency, probed every 10 ms by its own connection, while `attackers` connections of one key
+    send abusive requests back to back."""
+    conns = [Conn(port, [], key) for _ in range(attackers)]
+    for i, conn in enumerate(conns):
+        conn.requests, conn.turn = abusive_requests(port, key), i
+    probe = Conn(port, [], None)
+    probe.requests = [http_request(port, "/health", None, None, method="GET")]
+    await asyncio.gather(*(c.open() for c in conns), probe.open())
+    for _ in range(5):  # the probe's own first requests (connection, first-use costs) are not the attack's
+        await probe.call()
+    stop = time.perf_counter() + seconds
+    statuses: dict[str, int] = {}
+
+    async def attack(conn: Conn) -> None:
+        while time.perf_counter() < stop:
+            try:
+                status, _ = await conn.call()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                status = 0  # the gateway closed a connection whose body it refused
+                conn.close()
+                await conn.open()
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+
+    async def watch() -> list[float]:
+        times = []
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            status, _ = await probe.call()
+            times.append(time.perf_counter() - t0)
+            assert status == 200, status
+            await asyncio.sleep(0.01)
+        return times
+
+    await asyncio.sleep(0)
+    *_, times = await asyncio.gather(*(attack(c) for c in conns), watch())
+    for conn in (*conns, probe):
+        conn.close()
+    in_order = [round(1000 * t, 1) for t in times]
+    times.sort()
+    pick = lambda q: 1000 * times[min(len(times) - 1, int(len(times) * q))]  # noqa: E731
+    return {"seconds": seconds, "attackers": attackers, "probes": len(times), "health_p50_ms": pick(0.5),
+            "health_p99_ms": pick(0.99), "health_max_ms": 1000 * times[-1], "abusive_statuses": statuses,
+            "health_ms_in_order": in_order,
+            "goal": "/health p99 <= 100 ms while one key sends abusive requests"}
 
 
 # ---------------------------------------------------------------- processes
@@ -262,14 +368,14 @@ def run_proxy_peers(args, tmp: Path) -> dict:
         wait_http(mock_port, "/v1/models", 30, mock.proc)
         upstream = f"http://{HOST}:{mock_port}/v1"
 
-        peers: list[tuple[str, int, str, str | None]] = [("direct", mock_port, "/v1/chat/completions", None)]
+        peers: list[tuple[str, int, str | None]] = [("direct", mock_port, None)]
         env, key, _ = stillwatch_env(tmp)
         sw_port = free_port()
         sw = Proc([sys.executable, "-m", "stillwatch", "serve", "--upstream", upstream, "--port", str(sw_port),
                    "--log-level", "warning"], tmp / "stillwatch.log", env=env)
         procs.append(sw)
         wait_http(sw_port, "/health", 60, sw.proc)
-        peers.append(("stillwatch", sw_port, "/v1/chat/completions", key))
+        peers.append(("stillwatch", sw_port, key))
 
         exe = find_litellm(args.litellm)
         if exe is None:
@@ -291,15 +397,21 @@ def run_proxy_peers(args, tmp: Path) -> dict:
             wait_http(ll_port, "/health/liveliness", 180, ll.proc)
             out["litellm"] = {"installed": True, "version": litellm_version(exe), "auth": "master key",
                               "note": "no database: LiteLLM keeps no per-request audit record in this setup"}
-            peers.append(("litellm", ll_port, "/v1/chat/completions", "sk-bench-master"))
+            peers.append(("litellm", ll_port, "sk-bench-master"))
 
-        for name, port, path, k in peers:
-            lat = asyncio.run(_latency(port, path, CHAT_BODY, k, args.latency_requests, args.warmup))
-            thr = asyncio.run(_throughput(port, path, CHAT_BODY, k, args.throughput_requests, args.concurrency))
+        for name, port, k in peers:
+            lat = asyncio.run(_latency(port, MIX, k, args.latency_requests, args.warmup))
+            thr = asyncio.run(_throughput(port, MIX, k, args.throughput_requests, args.concurrency))
             out["peers"][name] = {"latency": lat, "throughput": thr}
             print(f"  {name:<11} p50 {lat['p50_ms']:7.2f} ms  p99 {lat['p99_ms']:7.2f} ms  "
                   f"{thr['requests_per_s']:8.0f} req/s at {args.concurrency}  errors {lat['errors'] + thr['errors']}",
                   flush=True)
+        stall = asyncio.run(_stall(sw_port, key, args.stall_seconds, args.stall_attackers))
+        out["stall"] = stall
+        print(f"  stall: /health p50 {stall['health_p50_ms']:.1f} ms  p99 {stall['health_p99_ms']:.1f} ms  max "
+              f"{stall['health_max_ms']:.1f} ms over {stall['probes']} probes while {stall['attackers']} connections "
+              f"of one key sent {sum(stall['abusive_statuses'].values())} abusive requests "
+              f"{stall['abusive_statuses']} (goal p99 <= 100 ms)", flush=True)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -346,9 +458,10 @@ def run_local(args, tmp: Path) -> dict:
             "temperature": 1.0}
     try:
         wait_http(port, "/health", 120, proc.proc)
-        asyncio.run(_throughput(port, "/v1/chat/completions", body, key, 4, 1, parse_usage=True))  # warm up
-        one = asyncio.run(_throughput(port, "/v1/chat/completions", body, key, args.local_requests_1, 1, True))
-        many = asyncio.run(_throughput(port, "/v1/chat/completions", body, key, args.local_requests_32, 32, True))
+        local_mix = [("/v1/chat/completions", body)]
+        asyncio.run(_throughput(port, local_mix, key, 4, 1, parse_usage=True))  # warm up
+        one = asyncio.run(_throughput(port, local_mix, key, args.local_requests_1, 1, True))
+        many = asyncio.run(_throughput(port, local_mix, key, args.local_requests_32, 32, True))
     finally:
         proc.stop()
     speedup = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else float("nan")
@@ -395,9 +508,9 @@ def main(argv: list[str] | None = None) -> None:
         serve_mock(args.serve_mock)
         return
     size = dict(latency_requests=200, warmup=20, throughput_requests=600, local_requests_1=8, local_requests_32=64,
-                local_tokens=32) if args.smoke else \
+                local_tokens=32, stall_seconds=3.0, stall_attackers=4) if args.smoke else \
         dict(latency_requests=2000, warmup=200, throughput_requests=3000, local_requests_1=32, local_requests_32=256,
-             local_tokens=64)
+             local_tokens=64, stall_seconds=10.0, stall_attackers=4)
     for k, v in size.items():
         setattr(args, k, v)
     print(f"gateway benchmark ({'smoke' if args.smoke else 'full'}): proxy peers against an instant mock upstream",
@@ -415,13 +528,19 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "processor": platform.processor() or platform.machine(), "fsync": fsync,
                     "load_average_at_end": os.getloadavg()},
-        "setup": {"request": CHAT_BODY, "upstream": "instant mock (raw asyncio HTTP/1.1, keep-alive)",
+        "setup": {"mix": [{"path": path, "body": body} for path, body in MIX],
+                  "upstream": "instant mock (raw asyncio HTTP/1.1, keep-alive): a chat completion, a tool call for "
+                              "a request with tools, a Responses API response for /v1/responses",
                   "client": "raw asyncio keep-alive HTTP client in the benchmark process",
-                  "stillwatch": "stillwatch serve --upstream: key auth (SQLite), quotas (memory://), audit record "
-                                "committed (SQLite WAL, synchronous=FULL, group commit) before each response",
+                  "stillwatch": "stillwatch serve --upstream as shipped: bodies passed through as sent, key auth "
+                                "(SQLite), quotas from the database (memory:// counters) with x-ratelimit headers, "
+                                "online detection on, audit record committed (SQLite WAL, synchronous=NORMAL, "
+                                "group commit) before each response",
                   "sizes": size, "concurrency": args.concurrency},
         "proxy": proxy, "local": local,
     }
+    if proxy.get("stall"):
+        result["stall"] = proxy["stall"]
     if args.out is None:
         args.out = RESULTS.with_name("gateway-smoke.json") if args.smoke else RESULTS
     args.out.parent.mkdir(parents=True, exist_ok=True)
