@@ -457,8 +457,18 @@ class _Demo:
         live = settings.model_copy(update={"detection": True, "detection_interval_s": 0.5})
         returning = f"{DISTILLER}-kd"
         with LoopbackServer(create_app(live)) as server:
-            self.console.print(f"the gateway restarts with detection on (the shipped policy); the distiller comes "
-                               f"back as [bold]{returning}-0[/bold] for top-k logprobs, among honest chat users")
+            # The detector replays the recent audit log when it starts: the first harvest is judged too.
+            engine = make_engine(self.db_url)
+            try:
+                replayed = _wait_for(lambda: _stopped(AccountStore(engine), DISTILLER), 15.0)
+            finally:
+                engine.dispose()
+            self.console.print(f"the gateway restarts with detection on (the shipped policy) and replays its log: "
+                               f"{DISTILLER} is " + (f"[bold]blocked[/bold] ({replayed['block_reason']})"
+                                                     if replayed and replayed["blocked"] else
+                                                     "stopped" if replayed else "not stopped"), soft_wrap=True)
+            self.console.print(f"the distiller comes back as [bold]{returning}-bulk-0[/bold] for top-k logprobs, "
+                               f"among honest chat users")
             sim = SimulationConfig(endpoint=server.base_url, seed=self.seed, duration=self.sizes.detect_seconds,
                                    max_requests=4000, concurrency=16, honest={"chat": 4}, attackers={"bulk": 1},
                                    model="stillwatch", prefix=returning)
@@ -502,13 +512,15 @@ class _Demo:
         stopped = first is not None
         self.result.numbers["detect"] = {
             "offline": [{k: a[k] for k in ("account", "risk", "action", "requests")} for a in offline["accounts"]],
+            "replayed": bool(replayed),
             "action": first and first["action"], "risk": first and first["risk"],
             "requests_before": first and first["evidence"].get("requests"),
             "tokens_before": first and first["evidence"].get("tokens"),
             "harvester": harvester, "honest_actions": honest_actions, "honest_status": raw.status_code,
             "honest_answer": answer, "evidence_problems": problems, "evidence": str(bundle_path)}
-        number = (f"{first['action']} after {first['evidence'].get('requests')} requests (risk {first['risk']:.2f})"
-                  if first else "not stopped")
+        number = (f"{DISTILLER} {'stopped' if replayed else 'not stopped'} on replay; returning account "
+                  + (f"{first['action']} after {first['evidence'].get('requests')} requests (risk {first['risk']:.2f})"
+                     if first else "not stopped"))
         self.step("5. detect", "the detector stops the returning distiller with evidence; honest users untouched",
                   f"{number}; honest users {honest_actions} actions, HTTP {raw.status_code}",
                   stopped and honest_actions == 0 and raw.status_code == 200 and not problems)
