@@ -96,3 +96,16 @@ def test_user_verifier_from_a_file_through_the_cli(tiny_teacher: Path, tmp_path:
     assert len(rows) + len(dropped) == 12 and meta["selection"]["kept"] == len(rows)
     assert all(int(r.completion.text.rpartition("->")[2]) % 2 == 0 for r in rows)
     assert all(d["kind"] == "rejected" and "returned False" in d["reason"] for d in dropped)
+
+
+def test_merging_selected_shards_keeps_the_dropped_samples(tmp_path: Path) -> None:
+    teacher = ScriptedTeacher({"add: 1+2\n": ["3", "4"], "add: 5+5\n": ["10", "9"], "add: 2+2\n": ["5", "5"]})
+    items = _items(["add: 1+2\n", "add: 5+5\n", "add: 2+2\n"])
+    for i, shard in enumerate((items[:2], items[2:])):
+        with HarvestStore(tmp_path / f"s{i}.db", create=True) as store:
+            harvest(teacher, shard, store, SamplingParams(n=2), progress=False, selector=Selector(verify=True))
+    main(["harvest", "merge", str(tmp_path / "all.db"), str(tmp_path / "s0.db"), str(tmp_path / "s1.db")])
+    with HarvestStore(tmp_path / "all.db") as merged:
+        sel = merged.meta()["selection"]
+        assert merged.count() == 2 and sel["kept"] == 2 and sel["dropped"] == {"rejected": 4}
+        assert sel["verify"] == "builtin task scorers" and sel["consumed"]["completion_tokens"] == 18

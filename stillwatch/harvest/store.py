@@ -350,6 +350,7 @@ class HarvestStore:
         """
         source = HarvestStore(other)  # validates it is a harvest store
         theirs, their_columns = source.meta(), source._columns.replace("id, ", "", 1) + ", position, completion_tokens"
+        their_dropped = source._has_dropped
         source.close()
         if Path(other).resolve() == self.path.resolve():
             raise ConfigError(f"cannot merge {other} into itself")
@@ -361,11 +362,18 @@ class HarvestStore:
                 self._db.execute(f"INSERT OR IGNORE INTO samples ({columns}) SELECT {their_columns} FROM other.samples "
                                  "ORDER BY id")
                 added = self._count_new(last)
+                if their_dropped:  # a selected shard's dropped samples (and their reasons) come along
+                    dropped = ("prompt_id, sample_index, task, kind, reason, text, prompt_tokens, completion_tokens, "
+                               "created_at")
+                    self._db.execute(f"INSERT OR IGNORE INTO dropped ({dropped}) SELECT {dropped} FROM "
+                                     "other.dropped ORDER BY id")
         finally:
             self._db.execute("DETACH DATABASE other")
         skip = ("teachers", "created_at", "schema_version", "prompt_tokens", "completion_tokens")
         for name in theirs.get("teachers", []):
             self.record_teacher(name, {k: v for k, v in theirs.items() if k not in skip})
+        if "selection" in theirs and "selection" not in self.meta():
+            self.set_meta(selection={k: theirs["selection"].get(k) for k in ("verify", "vote")})
         return added
 
     def _transaction(self):
