@@ -16,9 +16,10 @@ that leaves the realised one at position l with candidate s is a *leaf* with a k
 
     chunk = x[b:o_l] + s,   weight = prod_{i <= m < l} p_m(t_m) * p_l(s) / Z
 
-where i is the teacher token holding byte b. Each leaf goes to one student token, `head(chunk)` (the first
-token of the student's own encoding of the chunk; an end-of-text candidate goes to the student's end
-token), and the weights of leaves with the same head add up. The realised path itself, once a teacher token
+where i is the teacher token holding byte b. Each leaf goes to one student token, `head(chunk + after)`: the
+first token of the student's own encoding of the chunk followed by `after`, the text that followed the
+sampled token t_l (the alternative is assumed to take t_l's place, as "8" does "7" in "=07 " -> "=08 "). An
+end-of-text candidate goes to the student's end token. The weights of leaves with the same head add up. The realised path itself, once a teacher token
 reaches e, goes to u_j: there the student's tokenization of the true text is known exactly. Tail masses of
 positions l > i (and of l = i when b = o_i) stay unassigned, which is exactly what the loss's "rest" bucket
 stands for. So the target is a proper distribution over (listed student ids, rest):
@@ -36,11 +37,12 @@ Exactness and what is lost.
     target is the teacher's top k itself (same tokenizer: identical to plain sparse KD).
   * The realised token's probability is exact by the chain rule along the sampled path whenever its two ends
     are teacher boundaries (student "07" = teacher "0" then "7": p("0") * p("7" | "0")).
-  * A leaf's head is read off its known chunk only. When the chunk is shorter than the student token that the
-    full continuation would give (teacher alternative "1" where the student writes digit pairs "1x"), the mass
-    goes to the shorter student token "1": right in total, but not spread over "10".."19" as the teacher's
-    next distribution would spread it. Greedy harvests put little mass off the sampled path, so little is
-    moved this way; `AlignStats.approximate_mass` measures it.
+  * A leaf's text is known only up to the end of its candidate. Where the student's token runs on past it
+    (teacher alternative " quickly" where the student writes "quickly▁"; teacher "1" where it writes digit
+    pairs "1x"), the head is read with the sampled continuation in its place: one student token gets all of
+    the mass that the teacher's next distribution would have spread over "10".."19". Without that assumed
+    continuation the head would be the cut-off "quick" or "1", which is worse: a student taught to start
+    words it cannot finish. `AlignStats.approximate_mass` measures the mass placed this way.
   * Teacher paths that leave the sampled one *before* b yet spell the same text (other segmentations of x[:b])
     are ignored: a canonical BPE teacher gives them almost no mass.
   * The teacher tail (mass outside its top k) stays one bucket on the student side, as in same-tokenizer KD.
@@ -96,7 +98,7 @@ class AlignStats:
     same_token: int = 0  # ... whose span is exactly one teacher token
     tail_mass: float = 0.0  # target mass left in the rest bucket
     realised_mass: float = 0.0  # target mass on the student's own next token
-    approximate_mass: float = 0.0  # leaf mass whose chunk ended before a student token could (head read short)
+    approximate_mass: float = 0.0  # leaf mass whose student token runs into the assumed continuation
     lost_mass: float = 0.0  # listed teacher mass the student could not spell (sent to the rest bucket)
     candidates: int = 0  # listed student ids, summed over positions
 
@@ -123,10 +125,8 @@ class StudentVocab:
         self.eos_id = tokenizer.eos_token_id
         self.unk_id = tokenizer.unk_token_id
         self._heads: dict[bytes, tuple[int | None, int]] = {}
-        # byte strings that some longer student token begins with: a leaf whose chunk is one of these may have
-        # gone on to that longer token, had its continuation been known
         self.pieces = token_bytes(tokenizer)
-        self.extendable = {piece[:n] for piece in self.pieces if piece for n in range(1, len(piece))}
+        self.max_piece = max((len(piece) for piece in self.pieces if piece), default=1)
 
     def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of `text` and each token's [start, end) byte span (contiguous, covering the text)."""
@@ -153,20 +153,24 @@ class StudentVocab:
             at += len(piece)
         return out
 
-    def head(self, chunk: bytes) -> tuple[int | None, int]:
-        """(first student token of `chunk`, its length in bytes); (None, 0) when the student cannot spell it."""
-        if chunk not in self._heads:
-            try:
-                text = chunk.decode("utf-8")
-            except UnicodeDecodeError:
-                self._heads[chunk] = (None, 0)
-                return self._heads[chunk]
-            ids, spans = self.encode(text)
-            if not ids or ids[0] == self.unk_id:
-                self._heads[chunk] = (None, 0)
+    def head(self, chunk: bytes, after: bytes = b"") -> tuple[int | None, int]:
+        """(first student token of `chunk` followed by `after`, its length in bytes); (None, 0) when the student
+        cannot spell it. `after` is cut back to whole UTF-8 characters."""
+        key = (chunk, after)
+        if key not in self._heads:
+            text = None
+            for cut in range(min(4, len(after) + 1)):
+                try:
+                    text = (chunk + after[:len(after) - cut]).decode("utf-8")
+                    break
+                except UnicodeDecodeError:
+                    continue
+            ids, spans = self.encode(text) if text is not None else ([], [])
+            if not ids or ids[0] == self.unk_id or spans[0][1] <= spans[0][0]:
+                self._heads[key] = (None, 0)
             else:
-                self._heads[chunk] = (int(ids[0]), spans[0][1] - spans[0][0])
-        return self._heads[chunk]
+                self._heads[key] = (int(ids[0]), spans[0][1] - spans[0][0])
+        return self._heads[key]
 
 
 def _probabilities(teacher: TeacherTokens) -> tuple[list[float], list[list[tuple[bytes | None, float]]], list[float]]:
@@ -244,13 +248,15 @@ def align_row(teacher: TeacherTokens, text: str, student: StudentVocab, student_
                         v, length, chunk_len = student.eos_id, 0, 0
                 else:
                     chunk = known + s[off:] if l == i else known + s
-                    v, length = student.head(chunk)
+                    # what followed the sampled token here is assumed to follow its alternative too
+                    after = data[int(starts[l + 1]):int(starts[l + 1]) + student.max_piece]
+                    v, length = student.head(chunk, after)
                     chunk_len = len(chunk)
                 if v is None:
                     lost += w
                     continue
-                if length == chunk_len and s is not END and chunk in student.extendable:
-                    approx += w  # the chunk ends inside a longer student token: its head was read short
+                if length > chunk_len and s is not END:
+                    approx += w  # the head runs into that assumed continuation
                 mass[v] = mass.get(v, 0.0) + w
             weight *= p_real[l]
             if int(starts[l + 1]) >= e or l + 1 >= len(teacher.pieces):
