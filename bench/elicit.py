@@ -176,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="400 test prompts, no retraining")
     parser.add_argument("--seeds", default="1,2", help="extra training seeds to retrain and score (besides 0)")
+    parser.add_argument("--jobs", type=int, default=2, help="seeds retrained at once")
     parser.add_argument("--repeats", type=int, default=3, help="latency passes over the test prompts")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -213,9 +214,13 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             per_seed = [_seed_row(0, results["learned"], results["learned_in_distribution"])]
-            for seed in seeds:
-                per_seed.append(retrain_seed(seed, test_rows, Path(tmp)))
-                print(f"seed {seed}: {per_seed[-1]}", flush=True)
+            from concurrent.futures import ProcessPoolExecutor
+
+            # one process a seed, up to --jobs at once: each is single-threaded
+            with ProcessPoolExecutor(max_workers=max(1, min(args.jobs, len(seeds)))) as pool:
+                for run in pool.map(retrain_seed, seeds, [test_rows] * len(seeds), [Path(tmp)] * len(seeds)):
+                    per_seed.append(run)
+                    print(f"seed {run['seed']}: {run}", flush=True)
         results["seeds"] = {"runs": per_seed, **{f"{k}_{agg}": fn([r[k] for r in per_seed])
                             for k in ("auc", "roc_recall_at_1pct_fpr_hard", "recall_at_threshold",
                                       "in_distribution_auc", "in_distribution_roc_recall_at_1pct_fpr_hard")

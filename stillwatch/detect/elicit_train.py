@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 nice -n 15 python -m stillwatch.detect.elicit_train --data data/elicit --seed 0
 
-Reads train.jsonl (weights) and dev.jsonl (the threshold), writes stillwatch/detect/elicit_model.npz. The
-test split is never read here. Training is convex, so a seed changes only the data (`--regenerate`).
+Reads train.jsonl (weights) and dev.jsonl (each category's bias offset and the threshold), writes
+stillwatch/detect/elicit_model.npz. The test and indist splits are never read here. Training is convex, so a seed changes only the data (`--regenerate`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ class TrainConfig:
     """Everything a training run depends on; recorded in the model file."""
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    l2: float = 1e-5
+    l2: float = 2e-6  # chosen on dev among 1e-4, 1e-5, 2e-6 and 5e-7 (see the README)
     max_iter: int = 300
     target_fpr: float = 0.01  # on the dev split's hard negatives; the threshold is set where this is met
     min_threshold: float = 0.5
+    # shift each category's bias, on dev, to the offsets that give the most recall at target_fpr
+    calibrate_categories: bool = True
 
 
 def prepare(rows: list[dict]) -> list[tuple[str, list[str]]]:
@@ -100,6 +102,36 @@ def threshold_at_fpr(neg_scores: np.ndarray, fpr: float, floor: float) -> float:
     return float(max(floor, np.nextafter(cut, 1.0)))
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def recall_at_fpr(scores: np.ndarray, positive: np.ndarray, negative: np.ndarray, fpr: float) -> float:
+    """Recall above the score that lets at most `fpr` of the negatives through."""
+    neg = np.sort(scores[negative])[::-1]
+    allowed = int(np.floor(fpr * len(neg)))
+    cut = neg[allowed] if allowed < len(neg) else -np.inf
+    return float((scores[positive] > cut).mean()) if positive.any() else 0.0
+
+
+def category_offsets(per_cat: np.ndarray, positive: np.ndarray, negative: np.ndarray, fpr: float,
+                     grid: np.ndarray = np.arange(-3.0, 3.01, 0.25), rounds: int = 3) -> np.ndarray:
+    """Logit offsets per category (coordinate ascent over `grid`) that maximise the recall of the combined score
+    (the largest shifted probability) at `fpr` on `negative`; ties go to the smaller offset."""
+    base = _logit(per_cat)
+    offsets = np.zeros(per_cat.shape[1])
+
+    def recall(candidate: np.ndarray) -> float:
+        return recall_at_fpr((base + candidate).max(1), positive, negative, fpr)
+
+    for _ in range(rounds):
+        for c in range(len(offsets)):
+            trial = offsets.copy()
+            offsets[c] = max(grid, key=lambda v: (recall(np.where(np.arange(len(trial)) == c, v, trial)), -abs(v)))
+    return offsets
+
+
 def train(train_rows: list[dict], dev_rows: list[dict], config: TrainConfig = TrainConfig()) -> tuple[
         np.ndarray, np.ndarray, float, dict]:
     """Weights, bias, dev-chosen threshold and a summary of the run."""
@@ -109,13 +141,22 @@ def train(train_rows: list[dict], dev_rows: list[dict], config: TrainConfig = Tr
     # the threshold comes from scoring dev exactly as the shipped classifier will (rounded weights, segments)
     clf = ElicitClassifier(weights=W.astype(np.float16).astype(np.float32), bias=b.astype(np.float32),
                            config=config.features, threshold=1.0, version="dev", meta={})
-    dev_scores = np.array([clf.score(r["prompt"])["score"] for r in dev_rows])
+    dev_cat = np.array([[s[c] for c in CATEGORIES] for s in (clf.score(r["prompt"])["scores"] for r in dev_rows)])
     neg = np.array([not r["labels"] for r in dev_rows])
     hard = np.array([r["kind"] == "hard_negative" for r in dev_rows])
+    offsets = np.zeros(len(CATEGORIES))
+    if config.calibrate_categories:
+        # a bias shift moves every segment's logit alike, so the shifted dev scores are exactly what it will score
+        offsets = category_offsets(dev_cat, ~neg, hard, config.target_fpr)
+        b = b + offsets
+        dev_cat = 1 / (1 + np.exp(-(_logit(dev_cat) + offsets)))
+    dev_scores = dev_cat.max(1)
     threshold = threshold_at_fpr(dev_scores[hard], config.target_fpr, config.min_threshold)
     summary = {"train_rows": len(train_rows), "dev_rows": len(dev_rows), "seconds": round(time.perf_counter() - t0, 2),
                "dev_recall": float((dev_scores[~neg] >= threshold).mean()) if (~neg).any() else None,
-               "dev_fpr": float((dev_scores[neg] >= threshold).mean()) if neg.any() else None}
+               "dev_fpr": float((dev_scores[neg] >= threshold).mean()) if neg.any() else None,
+               "dev_recall_at_target_fpr_hard": recall_at_fpr(dev_scores, ~neg, hard, config.target_fpr),
+               "category_offsets": [round(float(o), 3) for o in offsets]}
     return W, b, threshold, summary
 
 
@@ -129,7 +170,7 @@ def train_to_file(data_dir: Path, out: Path = MODEL_PATH, config: TrainConfig = 
         train_rows, dev_rows = read_split(data_dir / "train.jsonl"), read_split(data_dir / "dev.jsonl")
     W, b, threshold, summary = train(train_rows, dev_rows, config)
     meta = {"trained": {**summary, "seed": seed, "l2": config.l2, "max_iter": config.max_iter,
-                        "target_fpr": config.target_fpr, "data": str(data_dir) if not regenerate else f"generated:{seed}"}}
+                        "target_fpr": config.target_fpr, "calibrate_categories": config.calibrate_categories, "data": str(data_dir) if not regenerate else f"generated:{seed}"}}
     return save_classifier(out, W, b, config.features, threshold, meta), summary
 
 
@@ -142,8 +183,11 @@ def main() -> None:
     parser.add_argument("--regenerate", action="store_true", help="train on a set generated from --seed instead")
     parser.add_argument("--dim-bits", type=int, default=FeatureConfig.dim_bits)
     parser.add_argument("--l2", type=float, default=TrainConfig.l2)
+    parser.add_argument("--calibrate-categories", action=argparse.BooleanOptionalAction,
+                        default=TrainConfig.calibrate_categories, help="shift each category's bias on dev")
     args = parser.parse_args()
-    config = TrainConfig(features=FeatureConfig(dim_bits=args.dim_bits), l2=args.l2)
+    config = TrainConfig(features=FeatureConfig(dim_bits=args.dim_bits), l2=args.l2,
+                         calibrate_categories=args.calibrate_categories)
     path, summary = train_to_file(args.data, args.out, config, args.seed, args.regenerate)
     print(json.dumps({"model": str(path), **summary}))
 
