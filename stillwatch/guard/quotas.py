@@ -326,7 +326,9 @@ class Quotas:
     """Checks and charges quotas for a Principal (anything with account_id, account_name and key_id, and
     optionally throttle_rpm). With a `store`, the limits are the database's, read per request."""
 
-    honours_throttle = True  # an account's throttle_rpm lowers its per-minute request limit (see _scopes)
+    # Every account's throttle_rpm is enforced (see _scopes), whoever set it. The online detector chooses
+    # `throttle` itself only where its quotas say `honours_throttle`; that switch is the detector's to turn
+    # on with its policy's escalation (a throttled harvester must still reach block), so it is not set here.
 
     def __init__(self, storage_uri: str = "memory://", quotas_file: Path | str | None = None,
                  store: QuotaStore | None = None) -> None:
