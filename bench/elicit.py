@@ -228,7 +228,7 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1) + "\n")
     _print_table(results)
-    print(f"wrote {out_path.relative_to(ROOT)}")
+    print(f"wrote {out_path.resolve().relative_to(ROOT) if out_path.resolve().is_relative_to(ROOT) else out_path}")
 
 
 def _print_table(results: dict) -> None:
