@@ -42,7 +42,7 @@ RUN_CONFIG = "distill_config.json"
 RESUMABLE = ("checkpoint_every", "log_every")
 LOSSES = ("sft", "kd", "on-policy")
 # Teacher candidates aligned per position when an in-process teacher has another tokenizer (--teacher-top-k 0):
-# full logits cannot cross vocabularies, and 32 leave under 1e-3 of the mass in the tail on the built-in tasks.
+# full logits cannot cross vocabularies, and each candidate costs a walk in Python, so a bounded k is the price.
 CROSS_TOP_K = 32
 Loss = Literal["sft", "kd", "on-policy"]
 
