@@ -39,7 +39,7 @@ def test_attackers_are_stopped_and_honest_users_allowed(verdicts):
     results, truth, _, _ = verdicts
     policy = load_policy()
     for a in results:
-        action = policy.action(a.risk, a.requests)
+        action = policy.action(a.risk, a.basis_requests)
         if truth[a.account] in HONEST:
             assert action == "allow", (a.account, a.risk, a.reasons)
         else:
@@ -123,3 +123,23 @@ def test_missing_policy_file(tmp_path):
 def test_a_custom_policy_replaces_the_builtin():
     policy = parse_policy("version: strict\nmin_requests: 0\nsteps:\n  - {action: block, risk: 0.2}")
     assert policy.version == "strict" and policy.action(0.3, requests=1) == "block"
+
+
+def test_a_campaign_spread_thinner_than_the_minimum_per_account_is_judged_on_its_total(scorer):
+    from collections import Counter
+
+    from stillwatch.detect.policy import STOPPING
+
+    pop = Population(honest={"chat": 10}, attackers={}, campaign_accounts=40)
+    events, truth, created = population_events(pop, seed=2, duration=3600)
+    seen: Counter = Counter()
+    thin = []
+    for e in events:  # every member stops after 12 requests: under the policy's 20 on its own
+        if truth[e.account] == "campaign" and seen[e.account] >= 12:
+            continue
+        seen[e.account] += 1
+        thin.append(e)
+    policy = load_policy()
+    members = [a for a in detect(thin, created=created, elicit_scorer=scorer) if truth[a.account] == "campaign"]
+    assert all(a.requests == 12 < policy.min_requests <= a.basis_requests for a in members)
+    assert all(policy.action(a.risk, a.basis_requests) in STOPPING for a in members)

@@ -102,11 +102,18 @@ class Assessment:
     tokens: int
     cluster: int | None = None
     cluster_size: int = 0
+    # The requests the verdict rests on: the account's own, or its campaign's when it carries the campaign's
+    # risk (each member of a campaign spread thin sends fewer than the policy's minimum on its own).
+    basis_requests: int = 0
+
+    def __post_init__(self) -> None:
+        self.basis_requests = self.basis_requests or self.requests
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return {"account": self.account, "risk": round(self.risk, 4), "reasons": self.reasons,
-                "requests": self.requests, "tokens": self.tokens, "cluster": self.cluster,
+                "requests": self.requests, "basis_requests": self.basis_requests, "tokens": self.tokens,
+                "cluster": self.cluster,
                 "cluster_size": self.cluster_size, "signals": self.signals}
 
 
@@ -266,6 +273,7 @@ class Detector:
                 if risk > a.risk:
                     a.risk = risk
                     a.reasons = [{**r, "signal": f"campaign.{r['signal']}"} for r in reasons]
+                    a.basis_requests = sum(self.accounts[x].requests for x in members)
         return sorted(out.values(), key=lambda a: (-a.risk, a.account))
 
 

@@ -62,11 +62,17 @@ class Policy(BaseModel):
         for step in self.steps:
             if risk >= step.risk:
                 chosen = step.action
+        return self.substitute(chosen, unavailable)
+
+    def substitute(self, action: str, unavailable: frozenset[str]) -> str:
+        """What is taken for `action` where it cannot be honoured: its `fallback`, else the next stronger action
+        that can be (block can always): never silently weaker than what was asked."""
         seen = set()
-        while chosen in unavailable and chosen not in seen:
-            seen.add(chosen)
-            chosen = self.fallback.get(chosen, "block")  # never silently weaker than what was asked
-        return chosen
+        while action in unavailable and action not in seen:
+            seen.add(action)
+            stronger = [a for a in ACTIONS[ACTIONS.index(action) + 1:] if a not in unavailable] or ["block"]
+            action = self.fallback.get(action, stronger[0])  # type: ignore[call-overload]
+        return action
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
@@ -102,4 +108,4 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 def decide(assessment: Any, policy: Policy, unavailable: frozenset[str] = frozenset()) -> str:
     """The policy's action for an Assessment."""
-    return policy.action(assessment.risk, assessment.requests, unavailable)
+    return policy.action(assessment.risk, assessment.basis_requests, unavailable)

@@ -12,9 +12,9 @@ action history: an account a person cleared is judged on its traffic after the c
 Each served record's elicitation scores are written back into the audit log here (evidence, and offline
 re-scoring later), so that the classifier costs the request path nothing.
 
-Actions the gateway cannot honour fall back through the policy's `fallback` (never silently weaker):
-`degrade` needs the local backend with an antidistillation proxy, and `throttle` needs quotas that honour
-per-account throttles. Start-up logs which actions fall back; each action's evidence says so too.
+Actions the gateway cannot honour fall back through the policy's `fallback`, else to the next stronger action
+(never silently weaker): `degrade` needs the local backend with an antidistillation proxy, and `throttle` needs
+quotas that say `honours_throttle`. Start-up logs which actions fall back; each action's evidence says so too.
 """
 
 from __future__ import annotations
@@ -142,11 +142,7 @@ class OnlineDetection:
         self._task = self._executor = None
 
     def _fallback(self, action: str) -> str:
-        seen, chosen = set(), action
-        while chosen in self.unavailable and chosen not in seen:
-            seen.add(chosen)
-            chosen = self.policy.fallback.get(chosen, "block")  # type: ignore[call-overload]
-        return chosen
+        return self.policy.substitute(action, self.unavailable)
 
     # --- the background task --------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -264,7 +260,7 @@ class OnlineDetection:
         return name
 
     def _act(self, a: Assessment, cluster: list[str]) -> dict[str, Any] | None:
-        requested = self.policy.action(a.risk, a.requests)
+        requested = self.policy.action(a.risk, a.basis_requests)
         if requested == "allow":
             return None
         applied = self._fallback(requested)
@@ -279,7 +275,8 @@ class OnlineDetection:
         crossed = [s for s in steps if a.risk >= s["risk"]]
         note = None if applied == requested else f"{requested} cannot be honoured by this gateway; {applied} taken"
         evidence = {
-            "risk": round(a.risk, 4), "requests": a.requests, "tokens": a.tokens, "reasons": a.reasons,
+            "risk": round(a.risk, 4), "requests": a.requests, "basis_requests": a.basis_requests,
+            "tokens": a.tokens, "reasons": a.reasons,
             "signals": a.signals, "thresholds": {"crossed": crossed, "steps": steps,
                                                  "min_requests": self.policy.min_requests},
             "examples": list(self._examples.get(a.account, [])),
@@ -331,5 +328,5 @@ def detect_database(engine: Engine, policy: Policy | None = None) -> dict[str, A
     created = {a["name"]: Event.from_row({"time": a["created_at"]}).time
                for a in AccountStore(engine).list_accounts() if a.get("created_at")}
     results = detect((Event.from_row(row) for row in iter_served(engine)), created=created)
-    rows = [{**a.as_dict(), "action": policy.action(a.risk, a.requests)} for a in results]
+    rows = [{**a.as_dict(), "action": policy.action(a.risk, a.basis_requests)} for a in results]
     return {"policy": policy.version, "accounts": rows}
