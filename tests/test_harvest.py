@@ -162,8 +162,8 @@ def test_file_sources_jsonl_messages_gz_and_parquet(tmp_path):
     items = list(src)
     assert src.total == 2 and [x.prompt for x in items] == ["add: 1+2\n", "be brief\nhi"]
     assert (items[0].task, items[0].answer, items[1].task) == ("add", "3", None)
-    # with a tokenizer, messages go through its chat template (the project's joins contents, ends in newline)
-    assert list(file_source(path, tokenizer=train_tokenizer(n_per_task=50)))[1].prompt == "be briefhi\n"
+    # with a tokenizer, messages go through its chat template (the project's puts each turn on its own line)
+    assert list(file_source(path, tokenizer=train_tokenizer(n_per_task=50)))[1].prompt == "be brief\nhi\n"
     gz = tmp_path / "p.jsonl.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert [x.prompt_id for x in file_source(gz)] == [x.prompt_id for x in items]

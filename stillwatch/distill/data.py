@@ -125,6 +125,8 @@ def encode_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Any], retoken
             top_lp = np.full((n, k), -np.inf, dtype=np.float32)  # -inf marks a missing entry
             for t, pos in enumerate(c.top_logprobs[:n]):
                 for j, (tid, lp) in enumerate(pos):
+                    if tid < 0:  # a candidate the endpoint named only by a string outside this vocabulary
+                        continue
                     top_ids[t, j], top_lp[t, j] = tid, lp
         out.append(EncodedRow(text, np.asarray(ids, dtype=np.int32), np.asarray(tokens, dtype=np.int32),
                               top_ids, top_lp, c.completion_tokens))

@@ -428,6 +428,12 @@ class _Transaction:
             raise StoreWriteError(f"cannot write to the harvest store: {exc}") from None
 
 
+def _token_strings(tokenizer: Any) -> list[str | None]:
+    from stillwatch.tokenizer import token_strings  # transformers: only where a tokenizer is in hand
+
+    return token_strings(tokenizer)
+
+
 def tokenizer_info(tokenizer: Any) -> dict:
     """What a student needs to check that it shares the teacher's tokenizer: sizes, specials, fingerprint.
 
@@ -443,4 +449,6 @@ def tokenizer_info(tokenizer: Any) -> dict:
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        # Each id's text, so that a student with another tokenizer can align this harvest's top-k onto its own.
+        "tokens": _token_strings(tokenizer),
     }
