@@ -73,6 +73,7 @@ from stillwatch.teachers.local import LocalTeacher  # noqa: E402
 
 PROFILES = tuple(p for p in ATTACKERS if p != "campaign")
 STOPPING = ("block", "degrade", "hide_reasoning")
+STUDENT_POSITIONS = 128  # the `student` preset's learned positions
 TOUCHING = ("flag", "throttle", "hide_reasoning", "degrade", "block")
 SIZES = {
     # Honest accounts are mostly people chatting, plus ten of each heavy honest profile that looks most like a
@@ -334,8 +335,8 @@ def harvest_of(records: list[dict], teacher: LocalTeacher) -> tuple[list, list]:
         limit = r["params"].get("max_tokens") or r["params"].get("max_completion_tokens")
         for text in _texts(r):
             ids = tok(text, add_special_tokens=False)["input_ids"]
-            if not ids:
-                continue
+            if not ids or len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(ids) + 1 > STUDENT_POSITIONS:
+                continue  # longer than the student's context: no student of this size could learn from it
             finish = "length" if limit is not None and len(ids) >= int(limit) else "stop"
             top = teacher.score_sync(prompt, ids, k).top_logprobs if k else None
             row = SimpleNamespace(prompt=prompt, completion=Completion(text, ids, [], finish, 0, top))
@@ -442,7 +443,7 @@ def honest_accuracy(state: dict, rows: list[dict], teacher: LocalTeacher, seed: 
 
 
 def students(state: dict, rows: list[dict], teacher: LocalTeacher, teacher_acc: dict, size: dict, seed: int,
-             per_identity: bool, work: Path) -> list[dict]:
+             per_identity: bool, work: Path, progress=None) -> list[dict]:
     """A student (sft, and kd where top-k was served) per attacker identity or per profile, and the campaign."""
     groups: dict[str, list[str]] = defaultdict(list)
     for row in rows:
@@ -462,7 +463,10 @@ def students(state: dict, rows: list[dict], teacher: LocalTeacher, teacher_acc: 
                 continue  # no top-k logprobs were served to this unit: kd is not open to it
             entry["students"].append(train_and_score(data, loss, work / f"{unit}-{loss}-s{seed}", size, seed, teacher_acc))
         entry["max_reasoning_retention"] = max((s["max_reasoning_retention"] or 0.0) for s in entry["students"])
+        entry["max_story_retention"] = max((s["retention"]["story"] or 0.0) for s in entry["students"])
         out.append(entry)
+        if progress is not None:
+            progress(out)
         print(f"  student {unit:<22} pairs {len(sft_rows):>5} (kd {len(kd_rows):>5})  max reasoning retention "
               f"{entry['max_reasoning_retention']:.1%}", flush=True)
     return out
@@ -641,11 +645,15 @@ def main() -> None:
             if not args.no_students:
                 per_identity = args.identity_students and n == 0
                 entry["students_per"] = "attacker identity" if per_identity else "profile"
-                entry["students"] = students(run["state"], rows, teacher, teacher_acc, size, seed, per_identity,
-                                             tmp / f"students-{seed}")
-                write(False)
-                if n == 0:
+                if n == 0:  # first: without it no retention below can be read
                     entry["control"] = control_students(teacher, teacher_acc, size, seed, tmp / "control")
+                    write(False)
+
+                def progress(done: list[dict]) -> None:
+                    entry["students"] = done
+                    write(False)
+                entry["students"] = students(run["state"], rows, teacher, teacher_acc, size, seed, per_identity,
+                                             tmp / f"students-{seed}", progress)
             entry["seconds"] = round(time.monotonic() - began, 1)
             write(False)
             print(f"  seed {seed} done in {entry['seconds']:.0f} s", flush=True)
