@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -119,6 +120,8 @@ class OnlineDetection:
         self.observed = 0
         self.taken: Counter[str] = Counter()
         self.leader = False
+        self._pending: set[str] = set()  # accounts with traffic since the last full assessment
+        self._full_at = float("-inf")
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self, backend: Any = None, quotas: Any = None) -> None:
@@ -171,7 +174,13 @@ class OnlineDetection:
         if rows:
             self._cursor = rows[-1]["id"]
             self.process(rows)
-        return self._assess() if rows else []
+        now = time.monotonic()
+        if self._pending and now - self._full_at >= self.settings.detection_full_assess_s:
+            self._full_at, self._pending = now, set()
+            return self._assess()  # every account, and the campaigns linking them
+        touched = {r["account"] for r in rows if r.get("account") in self.detector.accounts}
+        self._pending |= touched
+        return self._assess(touched) if touched else []
 
     def _begin(self) -> None:
         """Where to start following: the last `detection_replay_records` records, and every action so far."""
@@ -234,10 +243,16 @@ class OnlineDetection:
             except Exception as exc:  # noqa: BLE001 - the scores are evidence, not the request's business
                 log.warning("storing elicitation scores failed: %s", type(exc).__name__)
 
-    def _assess(self) -> list[dict[str, Any]]:
+    def _assess(self, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """Assess and act: every account with campaigns, or only the accounts in `only`, each on its own (a
+        pass over thousands of accounts costs seconds of CPU; an account's own verdict costs milliseconds)."""
         assert self.detector is not None
         self.assessments += 1
-        results = self.detector.assess_all()
+        if only is None:
+            results = self.detector.assess_all()
+        else:
+            reference = self.detector.benign_reference()
+            results = [self.detector.assess(name, reference) for name in sorted(only)]
         clusters: dict[int, list[str]] = {}
         for a in results:
             if a.cluster is not None:

@@ -100,6 +100,9 @@ class GuardSettings(BaseSettings):
     detection_interval_s: float = Field(2.0, gt=0, description="Seconds between the detector's passes over "
                                                                "what the audit log gained.")
     detection_batch_max: int = Field(10_000, ge=1, description="Audit records one detector pass reads at most.")
+    detection_full_assess_s: float = Field(
+        10.0, gt=0, description="Seconds between assessments of every account with campaign linkage; in between, "
+                                "a pass assesses only the accounts that sent traffic, each on its own.")
     detection_replay_records: int = Field(50_000, ge=0, description="Records re-read when a detector starts, to "
                                                                     "rebuild its state.")
     hide_reasoning: bool = Field(False, description="Serve every account final answers without their reasoning "

@@ -51,7 +51,8 @@ class PradaTracker:
     def update(self, vec: np.ndarray) -> float | None:
         """Add a query's embedding; returns its minimum distance to G (None for the first query)."""
         if self._g is None:
-            self._g = np.zeros((self.config.max_growing_set, len(vec)), dtype=np.float32)
+            # Start small and double up to the bound: most accounts send a handful of requests.
+            self._g = np.zeros((min(8, self.config.max_growing_set), len(vec)), dtype=np.float32)
         if self._size == 0:
             self._add(vec)
             return None
@@ -66,6 +67,10 @@ class PradaTracker:
 
     def _add(self, vec: np.ndarray) -> None:
         assert self._g is not None
+        if self._size == len(self._g) < self.config.max_growing_set:
+            grown = np.zeros((min(2 * len(self._g), self.config.max_growing_set), self._g.shape[1]), np.float32)
+            grown[:self._size] = self._g
+            self._g, self._next = grown, self._size
         self._g[self._next] = vec
         self._next = (self._next + 1) % len(self._g)
         self._size = min(self._size + 1, len(self._g))
