@@ -50,7 +50,8 @@ def params(events: Sequence[Event], config: ParamsConfig = ParamsConfig()) -> di
     parts = {
         "top_logprobs": ramp(mean_top, 0, config.full_top_logprobs) * ramp(len(topk), 0, full),
         # n > 1 is judged by the extra samples it brought: an open task has few prompts but endless answers.
-        "n": ramp(mean_n, 1, config.full_n) * ramp(sum(e.n - 1 for e in multi_events), 0, 2 * full),
+        # Full weight at `full_prompts` extra samples: no honest profile asks for more than one answer that often.
+        "n": ramp(mean_n, 1, config.full_n) * ramp(sum(e.n - 1 for e in multi_events), 0, full),
         "fixed_seed": ramp(seeded, 0, full) * 0.5,  # weak: reproducibility is a fine reason too
         "temperature_sweep": ramp(swept, 0, full),
     }
