@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
 
 from stillwatch.detect.detector import Assessment, Detector, DetectorConfig
 from stillwatch.detect.events import Event
@@ -35,6 +35,7 @@ from stillwatch.detect.policy import ACTIONS, Policy, load_policy
 from stillwatch.guard.accounts import AccountStore
 from stillwatch.guard.actions import ActionLog
 from stillwatch.guard.audit import served_page, store_elicit
+from stillwatch.guard.tables import AuditRecord
 
 log = logging.getLogger("stillwatch.guard.detection")
 EXAMPLES = 5  # record hashes kept per account as examples in the evidence
@@ -184,10 +185,6 @@ class OnlineDetection:
 
     def _begin(self) -> None:
         """Where to start following: the last `detection_replay_records` records, and every action so far."""
-        from sqlalchemy import func, select
-
-        from stillwatch.guard.tables import AuditRecord
-
         with self.store.engine.connect() as conn:
             newest = int(conn.scalar(select(func.max(AuditRecord.id))) or 0)
         self._cursor = max(0, newest - self.settings.detection_replay_records)
@@ -317,13 +314,20 @@ class OnlineDetection:
         return {"account": a.account, "action": applied, "requested": requested, "risk": a.risk}
 
 
+# A prompt's head and tail are what is scored: the classifier's cost, and its hold on the interpreter that the
+# event loop shares, stay bounded however large the prompt (injections sit at either end).
+SCORED_CHARS = 20_000
+
+
 def score_for_audit(prompt: Any) -> dict[str, Any] | None:
     """The elicitation classifier's compact scores for an audit record's prompt (text or chat messages as JSON)."""
     import json
 
     from stillwatch.detect.elicit import score_messages
 
-    if isinstance(prompt, str) and prompt[:1] == "[":
+    if isinstance(prompt, str) and len(prompt) > SCORED_CHARS:
+        prompt = prompt[:SCORED_CHARS // 2] + "\n" + prompt[-SCORED_CHARS // 2:]
+    elif isinstance(prompt, str) and prompt[:1] == "[":
         try:
             prompt = json.loads(prompt)
         except ValueError:
