@@ -59,3 +59,14 @@ class StubBackend:
     async def completions(self, req: Any, degraded: bool, hide_reasoning: bool = False) -> Result:
         prompt = req.prompt if isinstance(req.prompt, str) else str(req.prompt)
         return self._result(prompt, req.n or 1, False)
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.3):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it gives a true value or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()

@@ -4,12 +4,12 @@ that replica is killed the other takes over."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 
+from detect_support import wait_for
 from guard_support import Server, fresh_postgres, mock_upstream, require_redis
 
 ADMIN = "replica-detect-admin-key"
@@ -32,15 +32,6 @@ def _detector_role(server: Server) -> str:
     return httpx.get(f"{server.base_url}/health", timeout=10).json()["detector"]
 
 
-def _wait(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return bool(predicate())
-
-
 def test_a_campaign_split_over_two_replicas_is_stopped_on_both(tmp_path: Path) -> None:
     from stillwatch.detect.simulate import SimulationConfig, simulate
 
@@ -61,7 +52,7 @@ def test_a_campaign_split_over_two_replicas_is_stopped_on_both(tmp_path: Path) -
             members = [f"sim-campaign-{i}" for i in range(CAMPAIGN)]
             assert all(served[m] > 0 for m in members)
             # The campaign's members were served by both replicas; each replica sees every one stopped.
-            assert _wait(lambda: all(_stopped(_account(a, m)) for m in members))
+            assert wait_for(lambda: all(_stopped(_account(a, m)) for m in members), 60.0)
             assert all(_stopped(_account(b, m)) for m in members)
             for m in members:  # one detector ran: each action stored once, not once per replica
                 actions = [x["action"] for x in _account(b, m)["actions"]]
@@ -76,7 +67,7 @@ def test_a_campaign_split_over_two_replicas_is_stopped_on_both(tmp_path: Path) -
             bulk = SimulationConfig(endpoint=other.base_url, seed=1, duration=6.0, concurrency=8, max_requests=600,
                                     honest={}, attackers={"bulk": 1}, prefix="late", model="mock")
             simulate(bulk, ADMIN)
-            assert _wait(lambda: _stopped(_account(other, "late-bulk-0")))
+            assert wait_for(lambda: _stopped(_account(other, "late-bulk-0")), 60.0)
             assert _detector_role(other) == "leader"
         finally:
             a.stop()

@@ -5,25 +5,15 @@ stores with every served record."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from detect_support import wait_for
 from guard_support import run_cli
 
 ADMIN = "review-admin-key-0123456789"
-
-
-def _wait(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +53,7 @@ def _stopped(server, name: str):
 def test_a_stopped_harvester_waits_in_the_review_queue(gateway, capsys):
     server, db, _ = gateway
     _harvest(server, seed=0)
-    assert _wait(lambda: _stopped(server, "sim-bulk-0"))
+    assert wait_for(lambda: _stopped(server, "sim-bulk-0"))
     queue = _admin(server, "GET", "/review").json()["data"]
     assert [q["account"] for q in queue] == ["sim-bulk-0"] and queue[0]["source"] == "detector"
     code, out, _ = run_cli(capsys, "accounts", "review", "--json", "--db", db)
@@ -123,12 +113,12 @@ def test_a_cleared_account_stays_cleared_until_new_evidence(gateway, capsys):
     passes = detection.assessments
     # Honest traffic elsewhere keeps the detector assessing; the cleared account is not blocked again.
     _harvest(server, seed=1, prefix="other")
-    _wait(lambda: detection.assessments > passes + 2)
-    assert _wait(lambda: _stopped(server, "other-bulk-0"))
+    wait_for(lambda: detection.assessments > passes + 2)
+    assert wait_for(lambda: _stopped(server, "other-bulk-0"))
     assert _stopped(server, "sim-bulk-0") is None
     # New harvesting from the same account is new evidence: it is stopped again.
     _harvest(server, seed=0)
-    again = _wait(lambda: _stopped(server, "sim-bulk-0"))
+    again = wait_for(lambda: _stopped(server, "sim-bulk-0"))
     assert again and [a["source"] for a in again["actions"]][-1] == "detector"
     assert [a["action"] for a in again["actions"]].count("clear") == 1
 
