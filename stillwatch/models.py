@@ -47,8 +47,9 @@ PRESETS: dict[str, Preset] = {
     # positions too, for the same reason; tied embeddings and 128 positions keep the budget.
     "student": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True, max_positions=128,
                       positions="learned"),
-    # The same student on tokenizer B (digit pairs, "▁" spaces: another family): 41,792 parameters, 1/10.7 of
-    # the default teacher. Cross-tokenizer distillation trains it on a harvest of a tokenizer-A teacher.
+    # The same student on tokenizer B ("▁" spaces after words, pieces across words: another family): 41,792
+    # parameters, 1/10.7 of the default teacher. Cross-tokenizer distillation trains it on a harvest of a
+    # tokenizer-A teacher.
     "student-b": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True, max_positions=128,
                         positions="learned", tokenizer="b"),
     "student-rotary": Preset(hidden=32, layers=2, heads=4, intermediate=96, tie_embeddings=True),

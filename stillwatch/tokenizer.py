@@ -2,8 +2,11 @@
 
 Tokenizer A (`train_tokenizer`, the teachers'): byte-level BPE, GPT-2 style, one token per digit.
 Tokenizer B (`train_tokenizer_b`, for cross-tokenizer distillation): another family over the same text, the way
-a Llama- or GPT-4-style tokenizer differs from a GPT-2-style one: character-level BPE with SentencePiece's "▁"
-for spaces (pieces may span words: "chases▁one▁"), and numbers split into pairs of digits ("8577" -> "85" "77").
+a Llama- or Qwen-style tokenizer differs from a GPT-2-style one: character-level BPE with SentencePiece's "▁"
+for spaces after words, pieces that span words and punctuation ("calls▁one▁", "s.▁one▁"), and the prompt's
+label merged with what follows it ("story:▁girl"). Digits stay one per token, as in Llama and Qwen: a
+tokenizer that cuts numbers into pairs left the 42k-parameter student unable to learn the arithmetic tasks at
+all, whether it was taught by sft or kd (0% and 1% of add), so it measured the tokenizer, not distillation.
 """
 
 from __future__ import annotations
@@ -74,14 +77,15 @@ def train_tokenizer(vocab_size: int = 512, n_per_task: int = 2000, seed: int = 0
 
 
 def train_tokenizer_b(vocab_size: int = 512, n_per_task: int = 2000, seed: int = 0) -> PreTrainedTokenizerFast:
-    """Tokenizer B: character-level BPE on the same corpus, "▁" for spaces, numbers cut into digit pairs.
+    """Tokenizer B: character-level BPE on the same corpus, "▁" for spaces, one token per digit.
 
-    Its vocabulary and merges differ from tokenizer A's: about 70% of A's token boundaries in add and mul traces
-    are B's too ("=09" is "=", "0", "9" in A and "=", "09" in B), and almost none in stories.
+    Its vocabulary and merges differ from tokenizer A's: A writes " ->" then " " then the answer, B "▁->▁";
+    A's words carry their space in front (" girl"), B's behind and across words ("calls▁one▁"), so stories
+    share almost no token boundaries.
     """
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\d{1,2}"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\d"), behavior="isolated"),
         pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=False),
     ])
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="never", split=False)
