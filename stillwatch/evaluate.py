@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Callable, Sequence
 
@@ -14,7 +13,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from stillwatch.models import count_parameters
 from stillwatch.progress import LoggedProgress
 from stillwatch.tasks import Task, examples, extract_answer
-from stillwatch.teachers.base import Teacher
+from stillwatch.teachers.base import Teacher, run_on_own_loop
 from stillwatch.teachers.completion import SamplingParams
 
 EVAL_SEED = 1_000_003  # far from every training seed's stream
@@ -26,10 +25,6 @@ OPEN_TEMPERATURE, OPEN_TOP_P = 1.0, 0.95
 # this many tokens. Fixed lengths make it independent of what the model writes (a broken student that stops
 # early, or rambles, would otherwise look faster or slower than it is).
 THROUGHPUT_BATCH, THROUGHPUT_TOKENS = 256, 48
-
-
-def _run(coro):
-    return asyncio.run(coro)
 
 
 def evaluate(teacher: Teacher, tasks: Sequence[Task], n: int = 200, seed: int = EVAL_SEED,
@@ -53,7 +48,7 @@ def _evaluate(teacher: Teacher, tasks: Sequence[Task], n: int, seed: int, latenc
         params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0 if reasoning else OPEN_TEMPERATURE,
                                 top_p=1.0 if reasoning else OPEN_TOP_P, seed=seed)
         began = time.perf_counter()
-        outputs = _run(teacher.complete([e.prompt for e in exs], params))
+        outputs = run_on_own_loop(teacher, teacher.complete([e.prompt for e in exs], params))
         seconds += time.perf_counter() - began
         completions = [o[0] for o in outputs]
         generated += sum(c.completion_tokens for c in completions)
@@ -111,7 +106,7 @@ def _latency_ms(teacher: Teacher, tasks: Sequence[Task], samples: int, seed: int
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     began = time.perf_counter()
     for p in prompts:
-        _run(teacher.complete([p], params))
+        run_on_own_loop(teacher, teacher.complete([p], params))
     return 1000 * (time.perf_counter() - began) / len(prompts)
 
 

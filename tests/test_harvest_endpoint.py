@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,12 +27,14 @@ class Stub:
     first N requests, then 401. banned: 403. broken: 500.
     """
 
-    def __init__(self):
+    def __init__(self, keep_alive: bool = False):
         self.log: list[tuple[float, str, int]] = []  # (time, key, status)
         self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"  # 1.1: connections stay open
+
             def log_message(self, *args):  # keep test output quiet
                 pass
 
@@ -113,6 +118,30 @@ def test_429_with_retry_after_is_honoured_then_succeeds(tmp_path, stub):
     assert c.token_ids == [17, 12, 18] and c.logprobs == [-0.5] * 3 and c.prompt_tokens == 5
     assert c.top_logprobs[0] == [(17, -0.5), (18, -1.5)]
     assert row.teacher.startswith("endpoint:http://127.0.0.1") and row.params["top_logprobs"] == 2
+
+
+def test_one_client_harvests_twice_without_closed_loop_errors(tmp_path, caplog):
+    """Each harvest runs its own event loop: the client's open connections of the first must not be left for
+    the second to close, where they fail with "Event loop is closed" (logged as a task exception)."""
+    stub = Stub(keep_alive=True)
+    stub.thread.start()
+    teacher = _teacher(stub, "good")
+    store = HarvestStore(tmp_path / "s.db", create=True)
+
+    async def next_loop() -> None:  # another loop binds its own client; the first one is collected meanwhile
+        assert teacher.client is not None
+        gc.collect()
+        await asyncio.sleep(0.2)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for tasks in (["add"], ["mul"]):
+            harvest(teacher, task_source(tasks, 2), store, SamplingParams(max_tokens=8), concurrency=2,
+                    progress=False)
+            asyncio.run(next_loop())
+    stub.server.shutdown()
+    stub.server.server_close()
+    assert store.count() == 4
+    assert not [r for r in caplog.records if "Event loop is closed" in (r.getMessage() + str(r.exc_info))]
 
 
 def test_403_stops_cleanly_in_process(tmp_path, stub):

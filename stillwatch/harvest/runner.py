@@ -35,7 +35,7 @@ from stillwatch.harvest.prompts import PromptItem
 from stillwatch.harvest.select import Selector
 from stillwatch.harvest.store import HarvestStore
 from stillwatch.progress import LoggedProgress
-from stillwatch.teachers.base import Teacher
+from stillwatch.teachers.base import Teacher, run_on_own_loop
 from stillwatch.teachers.completion import Completion, SamplingParams
 
 _RESUME_CHUNK = 256  # prompts checked against the store per query
@@ -79,8 +79,8 @@ def harvest(teacher: Teacher, prompts: Iterable[PromptItem], store: HarvestStore
 
     With a `selector` (harvest.select) only the samples it keeps become rows; the others are stored apart
     with their reasons."""
-    return asyncio.run(harvest_async(teacher, prompts, store, params, concurrency, total, progress, retries,
-                                     max_consecutive_failures, retry_delay, selector))
+    return run_on_own_loop(teacher, harvest_async(teacher, prompts, store, params, concurrency, total, progress,
+                                                  retries, max_consecutive_failures, retry_delay, selector))
 
 
 async def harvest_async(teacher: Teacher, prompts: Iterable[PromptItem], store: HarvestStore,

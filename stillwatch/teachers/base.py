@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import asyncio
+from typing import Awaitable, Protocol, Sequence, TypeVar
 
 from stillwatch.teachers.completion import Completion, SamplingParams, ScoredText
+
+
+T = TypeVar("T")
 
 
 class Teacher(Protocol):
@@ -23,3 +27,18 @@ class Teacher(Protocol):
     async def aclose(self) -> None:
         """Release connections or memory."""
         ...
+
+
+def run_on_own_loop(teacher: Teacher, work: Awaitable[T]) -> T:
+    """Run `work` on a fresh event loop and release the teacher's connections before that loop closes.
+
+    An HTTP client's pool belongs to the loop that opened it; left open, it is collected during a later loop,
+    whose attempt to close it fails with "Event loop is closed". The next loop opens new connections.
+    """
+    async def main() -> T:
+        try:
+            return await work
+        finally:
+            await teacher.aclose()
+
+    return asyncio.run(main())
