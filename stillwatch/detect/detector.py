@@ -19,6 +19,7 @@ import numpy as np
 
 from stillwatch.detect.embed import embed
 from stillwatch.detect.events import Event
+from stillwatch.detect.signals.cover import CoverConfig, cover
 from stillwatch.detect.signals.coverage import CoverageConfig, CoverageCounts, coverage_counts
 from stillwatch.detect.signals.elicitation import ElicitationConfig, classifier_scorer, elicitation
 from stillwatch.detect.signals.linkage import LinkageConfig, Profile, link, linkage, profile
@@ -31,7 +32,7 @@ from stillwatch.detect.signals.volume import VolumeConfig, volume
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "volume": 1.0, "templates": 1.0, "mmd": 1.0, "prada": 1.0, "timing": 1.5,
-    "coverage": 6.5, "params": 4.0, "elicitation": 5.0, "linkage": 3.0,
+    "coverage": 6.5, "cover": 6.5, "params": 4.0, "elicitation": 5.0, "linkage": 3.0,
 }
 
 
@@ -53,6 +54,7 @@ class DetectorConfig:
     templates: TemplateConfig = field(default_factory=TemplateConfig)
     prada: PradaConfig = field(default_factory=PradaConfig)
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
+    cover: CoverConfig = field(default_factory=CoverConfig)
     params: ParamsConfig = field(default_factory=ParamsConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     elicitation: ElicitationConfig = field(default_factory=ElicitationConfig)
@@ -211,6 +213,7 @@ class Detector:
             "templates": templates(events, c.templates),
             "prada": state.prada.result(),
             "coverage": coverage_counts(state.coverage, c.coverage),
+            "cover": cover(events, state.coverage, c.cover, c.coverage),
             "params": params(events, c.params),
             "timing": timing(events, c.timing),
             "mmd": mmd(np.stack(state.vectors), ref, c.mmd) if state.vectors and len(ref) else
