@@ -62,12 +62,20 @@ def ensure_teacher(path: Path, smoke: bool, seed: int) -> Path:
 
 
 def harvest_store(teacher: LocalTeacher, path: Path, rows_per_task: int, seed: int, top_k: int = 0) -> Path:
-    """Greedy teacher completions for `rows_per_task` prompts of every task (resumes an existing store)."""
+    """Teacher completions for `rows_per_task` prompts of every task: reasoning greedy, the open task sampled.
+
+    A greedy story harvest holds one story per topic (16 in all). Sequence KD copies those and stays valid when
+    sampled, but logit KD learns the teacher's whole next-token distribution along those few paths only, and a
+    sampled student leaves them at its first word: both tools' white-box students then wrote no valid story.
+    """
     with HarvestStore(path, create=True) as store:
         store.record_teacher(teacher.name, {"tokenizer": tokenizer_info(teacher.tokenizer)})
-        harvest(teacher, task_source(list(TASK_NAMES), rows_per_task, seed), store,
-                SamplingParams(max_tokens=96, temperature=0.0, seed=seed, top_logprobs=top_k),
-                concurrency=256, progress=False)
+        kinds = {t.name: t.kind for t in get_tasks(list(TASK_NAMES))}
+        for names, temperature in (([t for t in TASK_NAMES if kinds[t] == "reasoning"], 0.0),
+                                   ([t for t in TASK_NAMES if kinds[t] != "reasoning"], 1.0)):
+            harvest(teacher, task_source(names, rows_per_task, seed), store,
+                    SamplingParams(max_tokens=96, temperature=temperature, seed=seed, top_logprobs=top_k),
+                    concurrency=256, progress=False)
     return path
 
 
