@@ -129,14 +129,34 @@ def run_trl_sft(student, tokenizer, dataset, out: Path, size: dict, seed: int) -
     return {"seconds": timer.seconds}
 
 
+def right_padded(collator):
+    """TRL's ChatML collator, with each batch's rows moved to the left (right padding).
+
+    It pads on the left, for generation, but a training forward numbers positions 0, 1, ... whatever the mask:
+    these students and the teacher learn absolute positions, so a shorter row would reach both at shifted
+    positions, and the student would learn from teacher logits the teacher never produces at those positions.
+    Off-policy GKD needs no prompt batch, so right padding changes nothing else.
+    """
+    from trl.trainer.utils import flush_left
+
+    def collate(examples: list[dict]) -> dict:
+        batch = collator(examples)
+        mask, ids, labels = flush_left(batch["attention_mask"], batch["input_ids"], batch["labels"])
+        return {**batch, "attention_mask": mask, "input_ids": ids, "labels": labels}
+
+    return collate
+
+
 def run_trl_gkd(student, teacher_model, tokenizer, dataset, out: Path, size: dict, seed: int) -> dict:
     from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from trl.experimental.utils import DataCollatorForChatML
 
     timer = _Timer()
     # lmbda = 0: never on-policy (pure supervised KD); beta = 0: forward KL(teacher || student); T = 1.
     args = trl_args(GKDConfig, out, size, seed, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False)
     trainer = GKDTrainer(model=student, teacher_model=teacher_model, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, callbacks=[timer.callback])
+                         processing_class=tokenizer, callbacks=[timer.callback],
+                         data_collator=right_padded(DataCollatorForChatML(tokenizer, max_length=args.max_length)))
     trainer.train()
     return {"seconds": timer.seconds}
 
