@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--link-every", type=int, default=1000, help="requests between campaign passes")
     parser.add_argument("--weight", action="append", default=[], metavar="SIGNAL=W",
                         help="override one signal's weight (an ablation: cover=0 is the detector without it)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default bench/results/detection_offline.json, -smoke with --smoke)")
     parser.add_argument("--reference-every", type=int, default=500,
                         help="requests between refreshes of MMD's benign reference")
     args = parser.parse_args()
@@ -273,7 +275,8 @@ def main() -> None:
         parser.error(f"--weight: {exc}")
     size = {k: SIZES["smoke" if args.smoke else "full"][k]
             for k in ("honest", "attackers", "campaign", "duration", "max_requests")}
-    out_path = ROOT / "bench" / "results" / ("detection_offline-smoke.json" if args.smoke else "detection_offline.json")
+    out_path = (args.out or ROOT / "bench" / "results" /
+                ("detection_offline-smoke.json" if args.smoke else "detection_offline.json")).resolve()
     result = {"benchmark": "detection_offline", **run_info(args.seeds[0]), "seeds": args.seeds,
               "fractions": args.fraction, "smoke": args.smoke, "sizes": size,
               "settings": {"stretch": args.stretch, "growth": args.growth, "link_every": args.link_every,
@@ -288,7 +291,7 @@ def main() -> None:
         result.update(runs_done=len(runs), summary=overall(runs), per_run=runs)
         out_path.write_text(json.dumps(result, indent=2, default=float) + "\n")  # a stopped run keeps its part
     print_table(runs)
-    print(f"\nwrote {out_path.relative_to(ROOT)}")
+    print(f"\nwrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
 
 
 if __name__ == "__main__":
