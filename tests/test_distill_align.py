@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from stillwatch.cli import main
-from stillwatch.distill.align import END, Aligner, StudentVocab, TeacherTokens, align_row, teacher_tokens
+from stillwatch.distill.align import END, Aligner, Continuations, StudentVocab, TeacherTokens, align_row, teacher_tokens
 from stillwatch.distill.run import DistillConfig, distill
 from stillwatch.errors import ConfigError, TokenizerMismatchError
 from stillwatch.harvest import HarvestStore
@@ -71,6 +71,27 @@ def test_one_student_token_over_two_teacher_tokens_is_the_chain_rule() -> None:
     # the rest bucket is the teacher's unlisted mass at "7", carried by the path that reached it: 0.9 * 0.05
     assert 1 - sum(probs.values()) == pytest.approx(0.045)
     assert stats.approximate_mass == pytest.approx(0.1)  # placed through that assumed continuation: measured
+
+
+def test_an_alternative_is_read_with_what_the_teacher_writes_after_it() -> None:
+    # The student merges a word with what follows it ("likes▁a", "sings."); the teacher's alternative
+    # " likes" in place of the sentence's last verb " sings" is never followed by "." in its own text, so
+    # it is read with what the teacher does write after it (" a" twice as often as " one"), not as "likes."
+    merges = [("s", "."), ("e", "s."), ("l", "i"), ("li", "k"), ("e", "s"), ("lik", "es"), ("likes", " "),
+              ("likes ", "a"), ("o", "n"), ("on", "e"), ("likes ", "one"), ("s", "i"), ("si", "n"),
+              ("sin", "g"), ("sing", "s.")]
+    vocab = list("likesnga. o") + ["".join(m) for m in merges]
+    student = toy_student(vocab, merges)
+    t = teacher(["sings", "."], [{"sings": 0.6, "likes": 0.4}, {".": 1.0}])
+    _, plain, _ = align_row(t, "sings.", student)
+    assert as_probs(plain[0], student) == {"sings.": 0.6, "lik": 0.4}  # "likes." as the student spells it
+    habits = Continuations()
+    for pieces in (["likes", " a"], ["likes", " a"], ["likes", " one"], ["sings", "."]):
+        habits.learn(TeacherTokens([p.encode() for p in pieces], [0.0] * 2, [[], []]))
+    _, read, stats = align_row(t, "sings.", student, continuations=habits)
+    assert as_probs(read[0], student) == {"sings.": 0.6, "likes a": pytest.approx(0.4 * 2 / 3, abs=1e-6),
+                                          "likes one": pytest.approx(0.4 / 3, abs=1e-6)}
+    assert stats.approximate_mass == pytest.approx(0.4)
 
 
 def test_end_of_text_and_misspelt_rows() -> None:

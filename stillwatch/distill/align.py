@@ -18,8 +18,10 @@ that leaves the realised one at position l with candidate s is a *leaf* with a k
 
 where i is the teacher token holding byte b. Each leaf goes to one student token, `head(chunk + after)`: the
 first token of the student's own encoding of the chunk followed by `after`, the text that followed the
-sampled token t_l (the alternative is assumed to take t_l's place, as "8" does "7" in "=07 " -> "=08 "). An
-end-of-text candidate goes to the student's end token. The weights of leaves with the same head add up. The realised path itself, once a teacher token
+sampled token t_l when the teacher's sampled text ever has that after the alternative (it takes t_l's place,
+as "8" does "7" in "=07 " -> "=08 "); else the leaf is split over the texts the teacher does write after the
+alternative, in the proportions its harvest shows (`Continuations`). An end-of-text candidate goes to the
+student's end token. The weights of leaves with the same head add up. The realised path itself, once a teacher token
 reaches e, goes to u_j: there the student's tokenization of the true text is known exactly. Tail masses of
 positions l > i (and of l = i when b = o_i) stay unassigned, which is exactly what the loss's "rest" bucket
 stands for. So the target is a proper distribution over (listed student ids, rest):
@@ -39,8 +41,9 @@ Exactness and what is lost.
     are teacher boundaries (student "07" = teacher "0" then "7": p("0") * p("7" | "0")).
   * A leaf's text is known only up to the end of its candidate. Where the student's token runs on past it
     (teacher alternative " quickly" where the student writes "quickly▁"; teacher "1" where it writes digit
-    pairs "1x"), the head is read with the sampled continuation in its place: one student token gets all of
-    the mass that the teacher's next distribution would have spread over "10".."19". Without that assumed
+    pairs "1x"), the head is read with an assumed continuation: the sampled one, where the teacher is seen
+    to write it after that alternative, else the teacher's own habits after it. One student token then gets
+    mass that the teacher's next distribution would have spread over "10".."19". Without an assumed
     continuation the head would be the cut-off "quick" or "1", which is worse: a student taught to start
     words it cannot finish. `AlignStats.approximate_mass` measures the mass placed this way.
   * Teacher paths that leave the sampled one *before* b yet spell the same text (other segmentations of x[:b])
@@ -62,7 +65,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -71,6 +74,9 @@ from stillwatch.errors import ConfigError
 from stillwatch.tokenizer import token_bytes
 
 END = None  # a candidate that ends the text (the teacher's end token): it maps to the student's end token
+# Rows an aligner learns the teacher's usual continuations from: every piece's habit shows long before this,
+# and a huge harvest is not read twice.
+CONTINUATION_ROWS = 20_000
 MIN_MASS = 1e-9  # leaves lighter than this are dropped (float16 logprobs carry no more precision)
 
 
@@ -194,7 +200,8 @@ def _probabilities(teacher: TeacherTokens) -> tuple[list[float], list[list[tuple
     return p_real, alts, tails
 
 
-def align_row(teacher: TeacherTokens, text: str, student: StudentVocab, student_ids: Sequence[int] | None = None
+def align_row(teacher: TeacherTokens, text: str, student: StudentVocab, student_ids: Sequence[int] | None = None,
+              continuations: "Continuations | None" = None
               ) -> tuple[list[int], list[list[tuple[int, float]]] | None, AlignStats]:
     """The student's token ids for `text` and, per student token, its target [(student id, logprob), ...].
 
@@ -248,14 +255,26 @@ def align_row(teacher: TeacherTokens, text: str, student: StudentVocab, student_
                         v, length, chunk_len = student.eos_id, 0, 0
                 else:
                     chunk = known + s[off:] if l == i else known + s
-                    # what followed the sampled token here is assumed to follow its alternative too
-                    after = data[int(starts[l + 1]):int(starts[l + 1]) + student.max_piece]
-                    v, length = student.head(chunk, after)
-                    chunk_len = len(chunk)
+                    # the alternative is read with what followed the sampled token, unless the teacher was
+                    # never seen to write that after it: then with what it writes after it, in proportion
+                    sampled = data[int(starts[l + 1]):int(starts[l + 1]) + student.max_piece]
+                    nxt = teacher.pieces[l + 1] if l + 1 < len(teacher.pieces) else b""
+                    readings = [(sampled, 1.0)]
+                    if continuations is not None and not continuations.seen(s, nxt):
+                        readings = continuations.options(s, student.max_piece) or readings
+                    for after, share in readings:
+                        v, length = student.head(chunk, after)
+                        if v is None:
+                            lost += w * share
+                            continue
+                        if length > len(chunk):
+                            approx += w * share  # the head runs into that assumed continuation
+                        mass[v] = mass.get(v, 0.0) + w * share
+                    continue
                 if v is None:
                     lost += w
                     continue
-                if length > chunk_len and s is not END:
+                if length > chunk_len:
                     approx += w  # the head runs into that assumed continuation
                 mass[v] = mass.get(v, 0.0) + w
             weight *= p_real[l]
@@ -343,6 +362,52 @@ def teacher_tokens(completion: Any, vocab: Sequence[bytes | None] | None, end_id
     return TeacherTokens(pieces, logprobs, top)
 
 
+class Continuations:
+    """Which piece the teacher's sampled text puts after each piece: how an alternative is read.
+
+    Reading an alternative with the continuation of the token it replaces is right where the two play the same
+    part (" cat" for " dog" before " sees"), and wrong where they do not: a verb offered in place of a
+    sentence's last verb would be read as "likes. every", which the student spells "lik" "es.", a word start
+    it never learns to finish. So a pair the harvest never shows ("likes" then ".") is read with what the
+    teacher most often writes after the alternative (" a"), which gives "likes▁a▁".
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[bytes, dict[bytes, int]] = {}
+        self._best: dict[bytes, bytes] | None = None
+
+    def learn(self, teacher: TeacherTokens) -> None:
+        """Count the piece that follows each piece of one sampled completion (b"" after the last)."""
+        for piece, nxt in zip(teacher.pieces, teacher.pieces[1:] + [b""]):
+            if piece:
+                counts = self._counts.setdefault(piece, {})
+                counts[nxt] = counts.get(nxt, 0) + 1
+        self._best = None
+
+    def seen(self, piece: bytes, nxt: bytes) -> bool:
+        """Whether the sampled text ever has `nxt` right after `piece` (the end of a text counts as b"")."""
+        return self._counts.get(piece, {}).get(nxt, 0) > 0
+
+    def options(self, piece: bytes, limit: int, most: int = 8) -> list[tuple[bytes, float]]:
+        """The texts the teacher writes after `piece` (its `most` likeliest next pieces, each carried on by the
+        usual piece after it up to `limit` bytes) with their shares; [] if `piece` was never followed."""
+        counts = self._counts.get(piece, {})
+        top = sorted(((n, c) for n, c in counts.items() if n), key=lambda nc: (-nc[1], nc[0]))[:most]
+        total = sum(c for _, c in top)
+        return [(self._carry(n, limit), c / total) for n, c in top] if total else []
+
+    def _carry(self, text: bytes, limit: int) -> bytes:
+        if self._best is None:  # the most frequent next piece, ties to the smallest bytes; the end is no piece
+            self._best = {p: min(((n, k) for n, k in c.items() if n), key=lambda nk: (-nk[1], nk[0]))[0]
+                          for p, c in self._counts.items() if any(c)}
+        at, seen = text, set()
+        while len(text) < limit and at in self._best and at not in seen:
+            seen.add(at)
+            at = self._best[at]
+            text += at
+        return text[:limit]
+
+
 @dataclass
 class Aligner:
     """Aligns harvested rows onto a student tokenizer, with the harvest's vocabulary when rows carry only ids."""
@@ -351,6 +416,14 @@ class Aligner:
     vocab: list[bytes | None] | None = None
     end_ids: set[int] = field(default_factory=set)
     stats: AlignStats = field(default_factory=AlignStats)
+    continuations: Continuations = field(default_factory=Continuations)
+
+    def learn(self, completions: Iterable[Any]) -> None:
+        """Learn the teacher's usual continuations from sampled completions (before aligning any row)."""
+        for completion in completions:
+            teacher = teacher_tokens(completion, self.vocab, self.end_ids)
+            if teacher is not None:
+                self.continuations.learn(teacher)
 
     def __call__(self, completion: Any) -> tuple[list[int], list[list[tuple[int, float]]] | None]:
         """Student ids of the completion's text and the aligned targets (None when nothing can be aligned)."""
@@ -359,6 +432,6 @@ class Aligner:
             raise ConfigError("this harvest kept the teacher's token ids but neither their strings nor the "
                               "teacher's vocabulary, so kd across tokenizers cannot spell them; harvest again "
                               "with this version, or use --loss sft")
-        ids, targets, stats = align_row(teacher, completion.text, self.student)
+        ids, targets, stats = align_row(teacher, completion.text, self.student, continuations=self.continuations)
         self.stats.add(stats)
         return ids, targets

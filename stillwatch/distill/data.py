@@ -251,6 +251,16 @@ class RowSource:
             for i in range(0, self.n, self.read_batch):
                 yield list(self.source[i:i + self.read_batch])
 
+    def first_rows(self, limit: int) -> Iterator[Any]:
+        """Up to `limit` rows as stored, unencoded, in storage order."""
+        seen = 0
+        for chunk in self._raw():
+            for row in chunk[:limit - seen]:
+                yield row
+            seen += len(chunk)
+            if seen >= limit:
+                return
+
     def _encoded(self) -> Iterator[EncodedRow]:
         key = 0
         for chunk in self._raw():

@@ -21,7 +21,7 @@ from accelerate import Accelerator, DistributedType
 from transformers import PreTrainedTokenizerBase
 
 from stillwatch.data import IGNORE
-from stillwatch.distill.align import Aligner, StudentVocab, recorded_vocabulary
+from stillwatch.distill.align import CONTINUATION_ROWS, Aligner, StudentVocab, recorded_vocabulary
 from stillwatch.distill.data import (BatchMaker, RowSource, check_tokenizers, completion_start, forward_logits, shift,
                                      tokenizer_fingerprint)
 from stillwatch.distill.losses import (Divergence, divergence_beta, full_kd_loss, sparse_kd_loss,
@@ -266,6 +266,8 @@ def distill(data: str | Path | Sequence[Any], out: str | Path, config: DistillCo
             aligner = Aligner(StudentVocab(tokenizer), recorded_vocabulary(meta), end)
         source = RowSource(data, tokenizer, seed=cfg.seed, retokenize=True, buffer_rows=cfg.buffer_rows,
                            with_top=aligner is not None, aligner=aligner)
+        if aligner is not None:
+            aligner.learn(row.completion for row in source.first_rows(CONTINUATION_ROWS))
 
     teacher_model, cross_teacher = None, False
     if teacher is not None and cfg.loss != "sft":
