@@ -8,15 +8,15 @@ Parts (`--parts`; each writes its own section of the results file and leaves the
   * cross: the teacher (`builtin`, tokenizer A) is served by a stillwatch gateway on 127.0.0.1 and harvested
     black-box through the official `openai` client: chat completions, top-20 logprobs, reasoning tasks greedy
     and the story sampled at temperature 1. Students at about 1/10 of the teacher's parameters learn only from
-    that harvest: `student-b` (tokenizer B: digit pairs, "▁" spaces) by cross-tokenizer `kd` (xkd, the top 20
+    that harvest: `student-b` (tokenizer B: "▁" spaces after words, pieces across words) by cross-tokenizer `kd` (xkd, the top 20
     aligned onto B, see stillwatch/distill/align.py) and by `sft` on the re-encoded text (xsft), and, for the
     gain that same-tokenizer kd has over sft, `student` (tokenizer A) by `kd` and `sft` on the same harvest.
   * beyond (bench/distill_real_beyond.py): where the teacher is below 95% (a harder difficulty), the same
     student trained on a `--verify`, a `--vote` and an unfiltered harvest of equal token count, against the
     teacher's own greedy accuracy.
 
-Part cross is sized for the shared 2-core machine (250 prompts per task, 4,000 steps x 16, a third of
-retention.py's budget); `--harvest-prompts 1000 --steps 12000` is retention.py's size. Every student trains as
+Part cross has retention.py's size (12,000 steps x 16; a harvest of 4,000 prompts per task, whose first 1,000
+are retention.py's best row); `--harvest-prompts` and `--steps` shrink it. Every student trains as
 `stillwatch distill --steps S --batch-size 16` does, one torch thread each; a seed is the student's
 (initialisation and batch order; the harvest stays the same). Each row reports the median and
 the worst seed and the teacher tokens it consumed (completion tokens of the harvested rows it trained on).
@@ -55,9 +55,9 @@ from stillwatch.tokenizer import token_strings  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 SIZES = {
-    # Sized for the shared 2-core machine, where the gateway harvest of top-20 logprobs ran at 50-300 rows a
-    # minute under the other jobs' load: 250 prompts per task, and a third of retention.py's step budget.
-    "full": dict(harvest_prompts=250, steps=4000, batch_size=16, lr=3e-3, eval_n=200, top_k=20),
+    # retention.py's budget, so that the cross-tokenizer rows compare with its same-tokenizer ones; 4,000
+    # prompts per task so that sft can be given four times the teacher tokens kd gets at 1,000
+    "full": dict(harvest_prompts=4000, steps=12000, batch_size=16, lr=3e-3, eval_n=200, top_k=20),
     "smoke": dict(harvest_prompts=16, steps=6, batch_size=8, lr=3e-3, eval_n=8, top_k=4),
 }
 TARGETS = {"cross_kd_retention": 0.97, "sft_retention_for_tokens": 0.95, "token_ratio": 0.25, "gain_recovered": 0.9}
@@ -80,9 +80,13 @@ def gateway_harvest(teacher_dir: Path, work: Path, store_path: Path, prompts: in
             return (init_settings,)
 
     db_url = f"sqlite:///{work / 'gateway.db'}"
+    # The harvesting account has no rate limit: at the default 600 requests a minute the harvest's retries ran
+    # out on some prompts, and a harvest with holes makes "the first n prompts" a different set once resumed.
+    quotas = work / "quotas.toml"
+    quotas.write_text('[accounts.distiller]\nrequests = "unlimited"\ntokens = "unlimited"\n')
     # Detection off: this measures distillation, and the gateway would (rightly) block a bulk harvester.
     settings = BenchSettings(teacher=teacher_dir, db_url=db_url, served_model_name="stillwatch", detection=False,
-                             max_batch=256, batch_wait_ms=5.0)
+                             max_batch=256, batch_wait_ms=5.0, quotas_file=quotas)
     reasoning = [t.name for t in get_tasks(list(TASK_NAMES)) if t.kind == "reasoning"]
     others = [t for t in TASK_NAMES if t not in reasoning]
     with LoopbackServer(create_app(settings)) as server, HarvestStore(store_path, create=True) as store:
@@ -108,7 +112,7 @@ def gateway_harvest(teacher_dir: Path, work: Path, store_path: Path, prompts: in
 
 def subset_store(source: Path, out: Path, n: int) -> Path:
     """A copy of the harvest with the first `n` prompts of every task: larger subsets contain the smaller ones."""
-    if out.is_file():
+    if out.is_file() and out.stat().st_mtime >= source.stat().st_mtime:
         return out
     out.with_suffix(".tmp").unlink(missing_ok=True)
     src, dst = sqlite3.connect(source), sqlite3.connect(out.with_suffix(".tmp"))
@@ -204,7 +208,8 @@ def run_cross(args: argparse.Namespace, size: dict, work: Path, teacher_dir: Pat
     """Part `cross`: one gateway harvest, then every requested student row."""
     store = work / "harvest.db"
     harvest_info = previous.get("harvest")
-    if not (store.is_file() and harvest_info and harvest_info.get("prompts_per_task") == size["harvest_prompts"]):
+    complete = harvest_info and harvest_info.get("rows") == size["harvest_prompts"] * len(TASK_NAMES)
+    if not (store.is_file() and complete and harvest_info.get("prompts_per_task") == size["harvest_prompts"]):
         print("harvesting through a loopback gateway (resumes a stopped harvest) ...", flush=True)
         harvest_info = gateway_harvest(teacher_dir, work, store, size["harvest_prompts"], size["top_k"])
     sizes = sorted({n for _, n in args.row_specs})
@@ -212,8 +217,15 @@ def run_cross(args: argparse.Namespace, size: dict, work: Path, teacher_dir: Pat
     jobs = [{"method": m, "prompts": n, "seed": s, "size": size, "smoke": args.smoke, "store": str(subsets[n]),
              "out": str(work / f"{row_name(m, n)}-seed{s}")} for m, n in args.row_specs for s in args.seeds]
     done = {(j["method"], j["prompts"], j["seed"]) for j in jobs}
-    same_setup = previous.get("teacher_commit") == teacher.get("commit")
+    # Earlier students count only if they learnt from the same teacher's harvest: this one, or the part of it
+    # an earlier run had harvested before it was resumed with more prompts (the seeded prompt streams and the
+    # stored rows are the same, so every subset up to that size is too).
+    before = previous.get("harvest") or {}
+    same_harvest = (all(before.get(k) == harvest_info.get(k) for k in ("endpoint", "top_logprobs"))
+                    and before.get("rows") == before.get("prompts_per_task", 0) * len(TASK_NAMES))  # no holes
+    same_setup = previous.get("teacher_commit") == teacher.get("commit") and same_harvest
     kept = [r for r in previous.get("runs", []) if same_setup
+            and r["prompts_per_task"] <= before.get("prompts_per_task", 0)
             and (r["method"], r["prompts_per_task"], r["seed"]) not in done]
     runs: list[dict] = []
 
@@ -245,18 +257,21 @@ PARTS = {"cross": run_cross,  # part name -> runner(args, size, work, teacher_di
          "beyond": run_beyond}  # bench/distill_real_beyond.py
 
 
-def parse_rows(spec: list[str] | None, smoke: bool, harvest_prompts: int) -> list[tuple[str, int]]:
-    """(method, prompts per task) of each requested row of part cross: every method on the whole harvest, and
-    kd on a quarter of it (for "a quarter of the teacher tokens")."""
+def parse_rows(spec: list[str] | None, harvest_prompts: int) -> list[tuple[str, int]]:
+    """(method, prompts per task) of each requested row of part cross, named `method@prompts` (any method, any
+    subset of the harvest). By default every method on the whole harvest and on a quarter of it (for "a quarter
+    of the teacher tokens")."""
     n = harvest_prompts
-    every = [(m, n) for m in METHODS] + [("xkd", n // 4), ("kd", n // 4)]
     if not spec:
-        return every
-    known = {row_name(m, n): (m, n) for m, n in every}
-    unknown = [r for r in spec if r not in known]
-    if unknown:
-        raise SystemExit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return [known[r] for r in spec]
+        return [(m, size) for size in (n, n // 4) for m in METHODS]
+    rows = []
+    for name in spec:
+        method, _, prompts = name.partition("@")
+        if method not in METHODS or not prompts.isdigit() or not 0 < int(prompts) <= n:
+            raise SystemExit(f"unknown row {name}: use METHOD@PROMPTS with a method of {', '.join(METHODS)} "
+                             f"and at most the {n} prompts per task harvested")
+        rows.append((method, int(prompts)))
+    return rows
 
 
 def main() -> None:
@@ -277,7 +292,7 @@ def main() -> None:
         size["steps"] = args.steps
     if args.harvest_prompts:
         size["harvest_prompts"] = args.harvest_prompts
-    args.row_specs = parse_rows(args.rows, args.smoke, size["harvest_prompts"])
+    args.row_specs = parse_rows(args.rows, size["harvest_prompts"])
     out = OUT / ("distill_real-smoke.json" if args.smoke else "distill_real.json")
     result = json.loads(out.read_text()) if out.is_file() else {}
 
