@@ -21,10 +21,10 @@ first token of the student's own encoding of the chunk followed by `after`, the 
 sampled token t_l when the teacher's sampled text ever has that after the alternative (it takes t_l's place,
 as "8" does "7" in "=07 " -> "=08 "); else the leaf is split over the texts the teacher does write after the
 alternative, in the proportions its harvest shows (`Continuations`). An end-of-text candidate goes to the
-student's end token. The weights of leaves with the same head add up. The realised path itself, once a teacher token
-reaches e, goes to u_j: there the student's tokenization of the true text is known exactly. Tail masses of
-positions l > i (and of l = i when b = o_i) stay unassigned, which is exactly what the loss's "rest" bucket
-stands for. So the target is a proper distribution over (listed student ids, rest):
+student's end token. The weights of leaves with the same head add up. The realised path itself, once a
+teacher token reaches e, goes to u_j: there the student's tokenization of the true text is known exactly.
+Tail masses of positions l > i (and of l = i when b = o_i) stay unassigned, which is exactly what the loss's
+"rest" bucket stands for. So the target is a proper distribution over (listed student ids, rest):
 
     target(v) = sum of weights of leaves with head v,      rest = 1 - sum_v target(v).
 
@@ -368,8 +368,8 @@ class Continuations:
     Reading an alternative with the continuation of the token it replaces is right where the two play the same
     part (" cat" for " dog" before " sees"), and wrong where they do not: a verb offered in place of a
     sentence's last verb would be read as "likes. every", which the student spells "lik" "es.", a word start
-    it never learns to finish. So a pair the harvest never shows ("likes" then ".") is read with what the
-    teacher most often writes after the alternative (" a"), which gives "likes▁a▁".
+    it never learns to finish. So a pair the harvest never shows ("likes" then ".") is split over what the
+    teacher does write after the alternative, in proportion: "likes▁a▁", "likes▁every▁", ...
     """
 
     def __init__(self) -> None:
