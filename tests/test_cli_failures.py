@@ -208,12 +208,18 @@ def test_a_failed_harvest_leaves_no_empty_store(capsys, tmp_path: Path) -> None:
         thread.join(timeout=10)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The child takes SIGINT as a terminal's foreground job does. A suite started in the background (`cmd &`
+    in a script) has SIGINT ignored, which children inherit, and Python then installs no Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_interrupted_and_keeps_what_was_done(untrained: Path, tmp_path: Path) -> None:
     out = tmp_path / "store.db"
     proc = subprocess.Popen([sys.executable, "-m", "stillwatch", "harvest", "--teacher", str(untrained), "--task",
                              "add", "--n", "100000", "--max-tokens", "8", "--concurrency", "4", "--out", str(out),
                              "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 240
     rows = 0
     while time.monotonic() < deadline and proc.poll() is None and rows == 0:
