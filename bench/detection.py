@@ -245,15 +245,18 @@ def account_outcomes(state: dict, sim: dict) -> list[dict]:
     return out
 
 
+def profile_groups(rows: list[dict]) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+    """Honest rows, attacker rows, and the rows of each profile that has any, in the profiles' order."""
+    groups = {prof: [r for r in rows if r["profile"] == prof] for prof in HONEST + ATTACKERS}
+    return ([r for r in rows if r["kind"] == "honest"], [r for r in rows if r["kind"] == "attacker"],
+            {prof: group for prof, group in groups.items() if group})
+
+
 def summarise_outcomes(rows: list[dict]) -> dict:
     """Honest and attacker totals, per profile."""
-    honest = [r for r in rows if r["kind"] == "honest"]
-    attackers = [r for r in rows if r["kind"] == "attacker"]
+    honest, attackers, groups = profile_groups(rows)
     by_profile = {}
-    for prof in HONEST + ATTACKERS:
-        group = [r for r in rows if r["profile"] == prof]
-        if not group:
-            continue
+    for prof, group in groups.items():
         by_profile[prof] = {
             "accounts": len(group), "stopped": sum(r["stopped"] for r in group),
             "touched": sum(r["touched"] for r in group), "blocked": sum(r["blocked"] for r in group),

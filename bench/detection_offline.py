@@ -45,11 +45,11 @@ from stillwatch.detect.events import Event  # noqa: E402
 from stillwatch.detect.policy import ACTIONS, STOPPING, load_policy  # noqa: E402
 from stillwatch.detect.signals.linkage import link  # noqa: E402
 from stillwatch.detect.simulate import SimulationConfig, clients  # noqa: E402
-from stillwatch.detect.traffic import ATTACKERS, HONEST  # noqa: E402
+from stillwatch.detect.traffic import HONEST  # noqa: E402
 from stillwatch.errors import StillwatchError  # noqa: E402
 from stillwatch.runinfo import run_info  # noqa: E402
 
-from bench.detection import SIZES  # noqa: E402  (the live benchmark's population: one source)
+from bench.detection import SIZES, profile_groups  # noqa: E402  (the live benchmark's population and tallies)
 
 # What the live gateway (builtin teacher, no antidistillation proxy, quotas that do not take the detector's
 # throttle) cannot honour: the policy substitutes its fallback or the next stronger action.
@@ -173,13 +173,9 @@ def run(seed: int, fractions: list[float], size: dict, args: argparse.Namespace,
 
 def summarise(rows: list[dict]) -> dict:
     """Honest and attacker totals, and per profile: each action's count and the requests before them."""
-    honest = [r for r in rows if r["kind"] == "honest"]
-    attackers = [r for r in rows if r["kind"] == "attacker"]
+    honest, attackers, groups = profile_groups(rows)
     by_profile = {}
-    for prof in HONEST + ATTACKERS:
-        group = [r for r in rows if r["profile"] == prof]
-        if not group:
-            continue
+    for prof, group in groups.items():
         first = [r["requests_before_first_action"] for r in group if r["requests_before_first_action"] is not None]
         stop = [r["requests_before_stop"] for r in group if r["requests_before_stop"] is not None]
         free = [r for r in group if not r["stopped"]]
