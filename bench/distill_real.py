@@ -8,9 +8,10 @@ Parts (`--parts`; each writes its own section of the results file and leaves the
   * cross: the teacher (`builtin`, tokenizer A) is served by a stillwatch gateway on 127.0.0.1 and harvested
     black-box through the official `openai` client: chat completions, top-20 logprobs, reasoning tasks greedy
     and the story sampled at temperature 1. Students at about 1/10 of the teacher's parameters learn only from
-    that harvest: `student-b` (tokenizer B: "▁" spaces after words, pieces across words) by cross-tokenizer `kd` (xkd, the top 20
-    aligned onto B, see stillwatch/distill/align.py) and by `sft` on the re-encoded text (xsft), and, for the
-    gain that same-tokenizer kd has over sft, `student` (tokenizer A) by `kd` and `sft` on the same harvest.
+    that harvest: `student-b` (tokenizer B: "▁" spaces after words, pieces across words) by cross-tokenizer
+    `kd` (xkd, the top 20 aligned onto B, see stillwatch/distill/align.py) and by `sft` on the re-encoded text
+    (xsft), and, for the gain that same-tokenizer kd has over sft, `student` (tokenizer A) by `kd` and `sft` on
+    the same harvest.
   * beyond (bench/distill_real_beyond.py): where the teacher is below 95% (a harder difficulty), the same
     student trained on a `--verify`, a `--vote` and an unfiltered harvest of equal token count, against the
     teacher's own greedy accuracy.
@@ -203,13 +204,18 @@ def cross_targets(rows: dict[str, dict], runs: list[dict]) -> dict:
     }
 
 
+def has_no_holes(harvest_info: dict | None) -> bool:
+    """Whether a recorded harvest holds one row for every prompt it was asked for."""
+    return bool(harvest_info) and harvest_info.get("rows") == harvest_info.get("prompts_per_task", 0) * len(TASK_NAMES)
+
+
 def run_cross(args: argparse.Namespace, size: dict, work: Path, teacher_dir: Path, teacher: dict,
               previous: dict) -> dict:
     """Part `cross`: one gateway harvest, then every requested student row."""
     store = work / "harvest.db"
     harvest_info = previous.get("harvest")
-    complete = harvest_info and harvest_info.get("rows") == size["harvest_prompts"] * len(TASK_NAMES)
-    if not (store.is_file() and complete and harvest_info.get("prompts_per_task") == size["harvest_prompts"]):
+    if not (store.is_file() and has_no_holes(harvest_info)
+            and harvest_info.get("prompts_per_task") == size["harvest_prompts"]):
         print("harvesting through a loopback gateway (resumes a stopped harvest) ...", flush=True)
         harvest_info = gateway_harvest(teacher_dir, work, store, size["harvest_prompts"], size["top_k"])
     sizes = sorted({n for _, n in args.row_specs})
@@ -222,7 +228,7 @@ def run_cross(args: argparse.Namespace, size: dict, work: Path, teacher_dir: Pat
     # stored rows are the same, so every subset up to that size is too).
     before = previous.get("harvest") or {}
     same_harvest = (all(before.get(k) == harvest_info.get(k) for k in ("endpoint", "top_logprobs"))
-                    and before.get("rows") == before.get("prompts_per_task", 0) * len(TASK_NAMES))  # no holes
+                    and has_no_holes(before))
     same_setup = previous.get("teacher_commit") == teacher.get("commit") and same_harvest
     kept = [r for r in previous.get("runs", []) if same_setup
             and r["prompts_per_task"] <= before.get("prompts_per_task", 0)
