@@ -1,9 +1,11 @@
 """Benchmark: does the gateway, as shipped, stop distillers while honest users keep working; detection.json.
 
-    nice -n 10 python bench/detection.py --seeds 0 1 2   # the target: 1,000 honest accounts, 30 attacker
+    nice -n 10 python bench/detection.py --seeds 0 1 2 --jobs 2
+                                                         # the target: 1,000 honest accounts, 30 attacker
                                                          # identities over every profile and a 100-account
                                                          # campaign per seed through a live gateway, then the
-                                                         # students (about an hour per seed on 2 shared cores)
+                                                         # students; two seeds at once (a gateway serves on
+                                                         # one core), about 45 minutes a seed on 2 cores
     python bench/detection.py --seeds 0                  # one seed (the JSON says which seeds it holds)
     python bench/detection.py --smoke                    # tiny sizes, to keep the script working in CI
     python bench/detection.py --from-db G.db --seeds 0   # the rest of the analysis over a run cut short (the
@@ -39,6 +41,7 @@ import os
 import random
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -598,11 +601,17 @@ def main() -> None:
     parser.add_argument("--no-students", action="store_true", help="skip the distillation (traffic and outcome only)")
     parser.add_argument("--identity-students", action="store_true",
                         help="a student per attacker identity on the first seed (default: per profile on every seed)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, each its own gateway and process (one core each while serving)")
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)  # a --jobs child's results
+    parser.add_argument("--later-seed", action="store_true", help=argparse.SUPPRESS)  # a child that is not first
     args = parser.parse_args()
+    if args.jobs > 1 and len(args.seeds) > 1:
+        return run_jobs(args)
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()  # one bar per student load would bury the table
     size = SIZES["smoke" if args.smoke else "full"]
-    out_path = ROOT / "bench" / "results" / ("detection-smoke.json" if args.smoke else "detection.json")
+    out_path = args.out or ROOT / "bench" / "results" / ("detection-smoke.json" if args.smoke else "detection.json")
     teacher_dir = resolve_model_dir(args.teacher or BUILTIN)
     model, tokenizer = load_model(teacher_dir)
     teacher = LocalTeacher(model, tokenizer)
@@ -642,13 +651,13 @@ def main() -> None:
                      "honest_accuracy": honest_accuracy(run["state"], rows, teacher, seed), "accounts": rows}
             seeds_out.append(entry)
             write(False)
-            if "cost" not in result:  # before the students, the longest phase
+            if "cost" not in result and not args.later_seed:  # before the students, the longest phase
                 result["cost"] = detector_cost(size["cost_accounts"], args.seeds[0])
                 write(False)
             if not args.no_students:
                 per_identity = args.identity_students and n == 0
                 entry["students_per"] = "attacker identity" if per_identity else "profile"
-                if n == 0:  # first: without it no retention below can be read
+                if n == 0 and not args.later_seed:  # first: without it no retention below can be read
                     entry["control"] = control_students(teacher, teacher_acc, size, seed, tmp / "control")
                     write(False)
 
@@ -661,7 +670,40 @@ def main() -> None:
             write(False)
             print(f"  seed {seed} done in {entry['seconds']:.0f} s", flush=True)
     write(True)
-    print_table(result)
+    if args.out is None:  # a --jobs child leaves the table to its parent
+        print_table(result)
+        print(f"wrote {out_path.relative_to(ROOT)}")
+
+
+def run_jobs(args: argparse.Namespace) -> None:
+    """Each seed in its own child process (`--jobs` at once), then one JSON over them all, in seed order. The
+    first seed's child also measures the control and the detector's cost, as a one-process run does."""
+    out_path = ROOT / "bench" / "results" / ("detection-smoke.json" if args.smoke else "detection.json")
+    flags = [f for f, on in (("--smoke", args.smoke), ("--no-students", args.no_students),
+                             ("--identity-students", args.identity_students)) if on]
+    flags += ["--teacher", str(args.teacher)] if args.teacher else []
+    with tempfile.TemporaryDirectory(prefix="bench-detection-jobs-") as tmpdir:
+        parts = {seed: Path(tmpdir) / f"seed-{seed}.json" for seed in args.seeds}
+        pending = [[sys.executable, str(Path(__file__).resolve()), "--seeds", str(seed), "--out", str(parts[seed]),
+                    *flags, *([] if n == 0 else ["--later-seed"])] for n, seed in enumerate(args.seeds)]
+        running: list[subprocess.Popen] = []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                running.append(subprocess.Popen(pending.pop(0)))
+            time.sleep(2.0)
+            for child in [c for c in running if c.poll() is not None]:
+                running.remove(child)
+                if child.returncode != 0:
+                    for other in running:
+                        other.kill()
+                    raise SystemExit(f"a seed's run failed (exit {child.returncode}): {' '.join(child.args)}")
+        results = [json.loads(parts[seed].read_text()) for seed in args.seeds]
+    merged = {**results[0], "command": run_info(args.seeds[0])["command"], "seeds": args.seeds}
+    merged["per_seed"] = [entry for r in results for entry in r["per_seed"]]
+    merged.update(complete=all(r["complete"] for r in results), seeds_done=[s["seed"] for s in merged["per_seed"]],
+                  summary=overall(merged["per_seed"]))
+    out_path.write_text(json.dumps(merged, indent=2, default=float) + "\n")
+    print_table(merged)
     print(f"wrote {out_path.relative_to(ROOT)}")
 
 
