@@ -7,12 +7,16 @@ Both answer `GET /v1/models` and chat and text completions with logprobs, and re
   chat and `logprobs` above 5 on completions. Tokens come back as strings with their UTF-8 `bytes`, and a
   character cut between two tokens comes back as OpenAI spells it: `bytes:\\xc3` with the raw byte.
 * `VLLMStub` takes `return_tokens_as_token_ids` and then spells tokens `token_id:N` (ids of `tokenizer`).
+* `RateLimitedStub` is the strict one behind a requests-per-window limit, answering as OpenAI does: its
+  `x-ratelimit-*` headers on every answer, and a 429 `rate_limit_exceeded` (or `insufficient_quota`) over it.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,10 +49,11 @@ class _Stub:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _send(self, status: int, payload: dict) -> None:
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                for name, value in {"content-type": "application/json", **(headers or {})}.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -186,3 +191,38 @@ class VLLMStub(_Stub):
 
     def alternatives(self, piece: int) -> list[int]:
         return [piece, (piece + 1) % len(self.tokenizer), (piece + 2) % len(self.tokenizer)]
+
+
+class RateLimitedStub(StrictOpenAIStub):
+    """At most `limit` completions in any `per_s` seconds; each answer carries OpenAI's x-ratelimit headers,
+    and one over the limit is a 429 naming the reset only there (no Retry-After, as OpenAI often answers).
+    `spent=True` is an account without credit: every completion is 429 `insufficient_quota`."""
+
+    def __init__(self, limit: int, per_s: float, spent: bool = False):
+        super().__init__()
+        self.limit, self.per_s, self.spent = limit, per_s, spent
+        self.served: deque[float] = deque()  # times of the completions in the current window
+        self.statuses: list[int] = []
+
+    def answer(self, path: str, body: dict) -> tuple:
+        now = time.monotonic()
+        with self.lock:
+            while self.served and now - self.served[0] >= self.per_s:
+                self.served.popleft()
+            if self.spent:
+                self.statuses.append(429)
+                return 429, {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
+                                       "param": None, "code": "insufficient_quota"}}
+            # OpenAI's reset is the time until the limit is whole again: when the newest request leaves it.
+            reset = self.per_s - (now - self.served[-1]) if self.served else 0.0
+            over = len(self.served) >= self.limit
+            if not over:
+                self.served.append(now)
+            headers = {"x-ratelimit-limit-requests": str(self.limit),
+                       "x-ratelimit-remaining-requests": str(max(0, self.limit - len(self.served))),
+                       "x-ratelimit-reset-requests": f"{max(1, round(reset * 1000))}ms"}
+            self.statuses.append(429 if over else 200)
+        if over:
+            return 429, {"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                   "param": None, "code": "rate_limit_exceeded"}}, headers
+        return (*super().answer(path, body), headers)

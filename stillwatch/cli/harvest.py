@@ -138,6 +138,9 @@ def harvest(
     print(f"harvested {result.rows_added} new rows from {result.prompts_done} prompts in "
           f"{result.seconds:.1f} s ({rate:,.0f} tok/s); {result.prompts_skipped} prompts were already complete; "
           f"{out} holds {result.rows_total} rows")
+    limits = getattr(subject, "rate_stats", None)
+    if limits is not None and limits.limited:
+        print(f"rate limits: {limits.describe(concurrency)}")
     if selection is not None:
         dropped = ", ".join(f"{n} {kind}" for kind, n in selection["dropped"].items()) or "none"
         print(f"kept {selection['kept']} samples; dropped: {dropped} (see the store's dropped table)")

@@ -7,8 +7,9 @@ they arrive, so SIGKILL at any moment loses only work that was never reported do
 
 Concurrency. An in-process teacher (anything with LocalTeacher's `generate`) gets one batched `generate` call
 per chunk of `concurrency` prompts. An endpoint gets `concurrency` workers, one request each in flight; the
-official client retries 408/409/429/5xx and connection errors with exponential back-off and honours
-`Retry-After` (up to two minutes); on top of that a prompt whose request still fails is retried `retries`
+endpoint teacher shares one rate gate among them (a 429 pauses them all until `Retry-After` and narrows how
+many are in flight, so a rate limit slows the harvest and drops nothing) and retries connection errors,
+timeouts and 5xx with back-off; on top of that a prompt whose request still fails is retried `retries`
 times here, and the run stops after `max_consecutive_failures` failures in a row (an endpoint that is down).
 A 401 or 403 stops at once: nothing else will succeed with that key.
 

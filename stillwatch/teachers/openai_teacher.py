@@ -17,6 +17,7 @@ can spell them (for `token_id:N`, they are spelled from the tokenizer when there
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
@@ -26,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from stillwatch.errors import ConfigError, TeacherError
 from stillwatch.redact import redact_url
 from stillwatch.teachers.completion import UNKNOWN_ID, Completion, SamplingParams, ScoredText
+from stillwatch.teachers.ratelimit import RateGate, RateStats, retry_wait, waiting_helps
 
 TOKEN_ID_PREFIX = "token_id:"  # vLLM's `return_tokens_as_token_ids` spelling, which the gateway also speaks
 ServerKind = Literal["auto", "vllm", "openai"]
@@ -37,6 +39,7 @@ _LIMITS: dict[str, dict[str, int | None]] = {
     "stillwatch": {"chat": 20, "completions": 20},  # the gateway's schema bounds
 }
 _PROBE_TIMEOUT_S = 10.0
+MAX_TRANSIENT_WAIT_S = 30.0  # the longest one back-off from a connection fault or 5xx
 
 
 @dataclass(frozen=True)
@@ -76,21 +79,35 @@ class AccessDenied(TeacherError):
         self.status = status
 
 
+class _Limited(Exception):
+    """A 429, already told to the gate: whether any wait cures it, and the gate's verdict on retrying."""
+
+    def __init__(self, error: openai.RateLimitError, curable: bool, retry: bool):
+        super().__init__(error.message)
+        self.error, self.curable, self.retry = error, curable, retry
+
+
 class OpenAITeacher:
     """A teacher behind an OpenAI-compatible API.
 
-    Retries with exponential back-off that honours `Retry-After` come from the official client; 401 and 403
-    become `AccessDenied` so that callers can stop cleanly. A prompt is a string (sent as one user message on
+    Every request passes one `RateGate` (`stillwatch.teachers.ratelimit`): a 429 pauses them all and narrows
+    how many are in flight, instead of each retrying on its own. Connection faults, timeouts and 5xx are
+    retried `max_retries` times with back-off that honours `Retry-After`; 401, 403 and a 429 that no wait
+    cures become `AccessDenied`, so that callers can stop cleanly. A prompt is a string (sent as one user message on
     the chat API) or a list of `{role, content}` messages, sent as they are.
     """
 
     def __init__(self, base_url: str, api_key: str, model: str = "stillwatch",
                  tokenizer: PreTrainedTokenizerBase | None = None, api: Literal["chat", "completions"] = "chat",
-                 concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, server: ServerKind = "auto"):
+                 concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, server: ServerKind = "auto",
+                 rate_patience_s: float = 600.0):
         if server not in SERVER_KINDS:
             raise ConfigError(f"--server must be one of {', '.join(SERVER_KINDS)}, not {server!r}")
-        self._client_args = dict(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
-        self._concurrency = concurrency
+        # The client itself never retries: a 429 must reach the shared gate at once (see `_call`).
+        self._client_args = dict(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        self._max_retries = max_retries
+        self._concurrency, self._rate_patience_s = concurrency, rate_patience_s
+        self.rate_stats = RateStats(lowest_window=concurrency)  # what the rate gates did, over every loop
         self._loop: asyncio.AbstractEventLoop | None = None
         # `served_model`, not `model`: callers read `teacher.model` as in-process weights (LocalTeacher's).
         self.served_model, self.tokenizer, self.api = model, tokenizer, api
@@ -109,13 +126,13 @@ class OpenAITeacher:
                     self._ids_by_bytes.setdefault(s.encode("utf-8", "surrogateescape"), i)
 
     def _bind(self) -> None:
-        # The client's connection pool and the semaphore belong to one event loop; callers that run each
+        # The client's connection pool and the rate gate belong to one event loop; callers that run each
         # batch under its own asyncio.run (evaluate, prove) get fresh ones instead of "Event loop is closed".
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._loop = loop
             self._client = openai.AsyncOpenAI(**self._client_args)
-            self._slots = asyncio.Semaphore(self._concurrency)
+            self._gate = RateGate(self._concurrency, self._rate_patience_s, stats=self.rate_stats)
             self._probe_lock = asyncio.Lock()
 
     @property
@@ -170,19 +187,44 @@ class OpenAITeacher:
         tid = self._ids_by_bytes.get(text.encode("utf-8", "surrogateescape")) if self._ids_by_bytes else None
         return tid, text
 
-    async def _call(self, method, **kwargs):
+    async def _call(self, api: Literal["chat", "completions"], **kwargs):
+        """One request through the rate gate: 429s are the gate's (shared back-off, fewer in flight), other
+        transient faults (connection, timeout, 408, 409, 5xx) are retried here with back-off."""
         self._bind()
-        try:
-            async with self._slots:
-                return await method(**kwargs)
-        except openai.AuthenticationError as exc:
-            raise AccessDenied(f"endpoint refused the API key (401): {exc.message}", 401) from None
-        except openai.PermissionDeniedError as exc:
-            raise AccessDenied(f"endpoint refused the account (403): {exc.message}", 403) from None
-        except openai.APIStatusError as exc:
-            raise TeacherError(f"endpoint error {exc.status_code}: {exc.message}") from None
-        except openai.APIConnectionError as exc:
-            raise TeacherError(f"cannot reach endpoint: {exc}") from None
+        resource = self._client.chat.completions if api == "chat" else self._client.completions
+        faults = 0  # transient faults so far (429s are the gate's and do not count)
+        while True:
+            try:
+                async with self._gate.slot():  # the answer is told to the gate before the slot is let go
+                    try:
+                        raw = await resource.with_raw_response.create(**kwargs)
+                    except openai.RateLimitError as exc:
+                        curable = waiting_helps(exc.response.headers, getattr(exc, "code", None))
+                        raise _Limited(exc, curable, curable and await self._gate.limited(exc.response.headers))
+                    await self._gate.succeeded(raw.headers)
+                return raw.parse()
+            except openai.AuthenticationError as exc:
+                raise AccessDenied(f"endpoint refused the API key (401): {exc.message}", 401) from None
+            except openai.PermissionDeniedError as exc:
+                raise AccessDenied(f"endpoint refused the account (403): {exc.message}", 403) from None
+            except _Limited as limited:
+                message = limited.error.message
+                if not limited.curable:
+                    raise AccessDenied(f"endpoint says waiting will not help (429): {message}", 429) from None
+                if not limited.retry:
+                    raise TeacherError(f"endpoint answered only 429 for {self._gate.patience_s:.0f} s: "
+                                       f"{message}") from None
+            except (openai.APIConnectionError, openai.APIStatusError) as exc:
+                status = getattr(exc, "status_code", None)
+                transient = status is None or status in (408, 409) or status >= 500
+                if not transient or faults >= self._max_retries:
+                    raise TeacherError(f"endpoint error {status}: {exc.message}" if status is not None
+                                       else f"cannot reach endpoint: {exc}") from None
+                response = getattr(exc, "response", None)
+                asked = retry_wait(response.headers) if response is not None else None
+                await asyncio.sleep(min(MAX_TRANSIENT_WAIT_S, asked if asked is not None
+                                        else 0.5 * 2 ** faults * random.uniform(0.75, 1.0)))
+                faults += 1
 
     async def _complete_one(self, prompt: str | list[dict], params: SamplingParams) -> list[Completion]:
         profile = await self.profile()
@@ -193,7 +235,7 @@ class OpenAITeacher:
             common["extra_body"] = {"return_tokens_as_token_ids": True}
         if self.api == "chat":
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            resp = await self._call(self.client.chat.completions.create, messages=messages, logprobs=True,
+            resp = await self._call("chat", messages=messages, logprobs=True,
                                     top_logprobs=top_k or None, **common)
             out = []
             for choice in resp.choices:
@@ -206,7 +248,7 @@ class OpenAITeacher:
             return out
         if isinstance(prompt, list):
             raise ConfigError("the completions API takes text prompts: render chat messages first")
-        resp = await self._call(self.client.completions.create, prompt=prompt, logprobs=top_k or 1, **common)
+        resp = await self._call("completions", prompt=prompt, logprobs=top_k or 1, **common)
         out = []
         for choice in resp.choices:
             lp = choice.logprobs
@@ -257,7 +299,7 @@ class OpenAITeacher:
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         limit = profile.limit("completions")
         k = top_k if limit is None else min(top_k, limit)
-        resp = await self._call(self.client.completions.create, model=self.served_model,
+        resp = await self._call("completions", model=self.served_model,
                                 prompt=list(prompt_ids) + list(continuation_ids), max_tokens=0, echo=True,
                                 logprobs=k or 1, extra_body={"return_tokens_as_token_ids": True})
         lp = resp.choices[0].logprobs
