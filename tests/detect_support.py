@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 from stillwatch.guard.backends import Result
 
@@ -70,3 +72,20 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.3):  # type: 
             return value
         time.sleep(interval)
     return predicate()
+
+
+@contextmanager
+def stub_gateway(directory: Path, admin_key: str, detection_interval_s: float) -> Iterator[tuple[Any, str, Any]]:
+    """A live gateway on the stub backend (SQLite in `directory`, the simulator's X-Forwarded-For trusted):
+    (server, database URL, app)."""
+    from gateway_helpers import ServerThread
+
+    from stillwatch.guard.app import create_app
+    from stillwatch.guard.settings import GuardSettings
+
+    db = f"sqlite:///{directory / 'audit.db'}"
+    settings = GuardSettings(db_url=db, admin_key=admin_key, trusted_proxies=["127.0.0.1"],
+                             detection_interval_s=detection_interval_s)
+    app = create_app(settings, backend=StubBackend())
+    with ServerThread(app) as server:
+        yield server, db, app

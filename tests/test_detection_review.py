@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from detect_support import wait_for
+from detect_support import stub_gateway, wait_for
 from guard_support import run_cli
 
 ADMIN = "review-admin-key-0123456789"
@@ -18,16 +18,7 @@ ADMIN = "review-admin-key-0123456789"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from detect_support import StubBackend
-    from gateway_helpers import ServerThread
-
-    from stillwatch.guard.app import create_app
-    from stillwatch.guard.settings import GuardSettings
-
-    db = f"sqlite:///{tmp_path_factory.mktemp('review') / 'audit.db'}"
-    settings = GuardSettings(db_url=db, admin_key=ADMIN, trusted_proxies=["127.0.0.1"], detection_interval_s=0.3)
-    app = create_app(settings, backend=StubBackend())
-    with ServerThread(app) as server:
+    with stub_gateway(tmp_path_factory.mktemp("review"), ADMIN, detection_interval_s=0.3) as (server, db, app):
         yield server, db, app.state.gateway.detection
 
 

@@ -10,26 +10,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from detect_support import stub_gateway
 from guard_support import run_cli as _run
 
 ADMIN = "online-admin-key-0123456789"
 
 
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from detect_support import StubBackend
-    from gateway_helpers import ServerThread
-
     from stillwatch.detect.simulate import SimulationConfig, simulate
-    from stillwatch.guard.app import create_app
-    from stillwatch.guard.settings import GuardSettings
 
-    db = f"sqlite:///{tmp_path_factory.mktemp('online') / 'audit.db'}"
-    settings = GuardSettings(db_url=db, admin_key=ADMIN, trusted_proxies=["127.0.0.1"], detection_interval_s=0.5)
-    app = create_app(settings, backend=StubBackend())
-    with ServerThread(app) as server:
+    with stub_gateway(tmp_path_factory.mktemp("online"), ADMIN, detection_interval_s=0.5) as (server, db, app):
         config = SimulationConfig(endpoint=server.base_url, seed=0, duration=8.0, concurrency=8, max_requests=500,
                                   honest={"chat": 4, "app": 1}, attackers={"bulk": 1})
         outcome = simulate(config, ADMIN)
