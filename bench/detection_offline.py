@@ -1,20 +1,21 @@
 """Offline detection check: the live benchmark's population and plan fed straight into `Detector`; no gateway, no model.
 
     nice -n 10 python bench/detection_offline.py --seeds 0 1 2 --fraction 0.21 1.0
+    nice -n 10 python bench/detection_offline.py --honest tutor=100 --out bench/results/detection_offline-tutors.json
     python bench/detection_offline.py --smoke             # tiny sizes, to keep the script working
 
-bench/detection.py needs hours per seed (a live gateway, then students). This script answers its first question,
-who gets which action and after how many requests, in minutes: it builds the simulator's seeded clients and plans
-(`stillwatch.detect.simulate.clients`, the same sizes as bench/detection.py: 1,000 honest accounts, 30 attacker
-identities, a 100-account campaign), keeps the first `--fraction` of the plan's requests in the order the
+bench/detection.py needs about 40 minutes a seed (a live gateway, then students). This script answers its first
+question, who gets which action and after how many requests, in minutes: it builds the simulator's seeded clients
+and plans (`stillwatch.detect.simulate.clients`, the same sizes as bench/detection.py: 1,000 honest accounts, 30
+attacker identities, a 100-account campaign; `--honest tutor=100` adds people who do sums between chats), keeps the first `--fraction` of the plan's requests in the order the
 simulator sends them (one pass per seed: a shorter fraction's outcome is taken where its cut falls), and turns
 each into the Event the gateway's audit record would give the detector:
   * the prompt as stored (chat messages, or the completion prompt), the request's params, the client's address
     and User-Agent, with the elicitation classifier's scores that the online detector writes back to every
     served record (`score_for_audit`);
   * token counts as `traffic.to_events` synthesises them (no model serves here);
-  * times on the plan's clock stretched by `--stretch`: the live run's gateway served its plan about 6.9 times
-    slower than planned (9,470 requests in 2,169 s where the plan had them in 315 s), and rates are signals;
+  * times on the plan's clock, stretched by `--stretch` to model a gateway that serves slower than planned
+    (rates are signals): the live benchmark's gateway now keeps the plan's pace, so the default is 1;
   * account creation as the simulator does it: the campaign's accounts in one sitting before any traffic,
     everyone else at their first request.
 Online the gateway assesses every account with new traffic on each 2 s pass and the campaigns on a slower full
@@ -250,7 +251,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, nargs="+", default=[0.21, 1.0],
                         help="share of each seed's planned requests to send, in the simulator's order")
     parser.add_argument("--smoke", action="store_true", help="a small population, under a minute")
-    parser.add_argument("--stretch", type=float, default=6.9,
+    parser.add_argument("--stretch", type=float, default=1.0,
                         help="seconds of event time per planned second (the live gateway's pace)")
     parser.add_argument("--growth", type=float, default=1.2,
                         help="an account is assessed again when its requests grow by this factor")
@@ -261,6 +262,9 @@ def main() -> None:
                         help="results file (default bench/results/detection_offline.json, -smoke with --smoke)")
     parser.add_argument("--reference-every", type=int, default=500,
                         help="requests between refreshes of MMD's benign reference")
+    parser.add_argument("--honest", action="append", default=[], metavar="PROFILE=N",
+                        help="honest accounts of a profile on top of the live benchmark's (tutor=100: people who "
+                             "do arithmetic homework between chats)")
     args = parser.parse_args()
     if not all(0 < f <= 1 for f in args.fraction) or args.growth <= 1 or args.link_every < 1:
         parser.error("fractions lie in (0, 1], --growth above 1, --link-every at least 1")
@@ -271,6 +275,13 @@ def main() -> None:
         parser.error(f"--weight: {exc}")
     size = {k: SIZES["smoke" if args.smoke else "full"][k]
             for k in ("honest", "attackers", "campaign", "duration", "max_requests")}
+    try:
+        extra = {k: int(v) for k, v in (h.split("=", 1) for h in args.honest)}
+    except ValueError:
+        parser.error("--honest takes PROFILE=N")
+    if set(extra) - set(HONEST) or any(v < 0 for v in extra.values()):
+        parser.error(f"--honest: profiles are {', '.join(HONEST)}, counts at least 0")
+    size["honest"] = {**size["honest"], **extra}
     out_path = (args.out or ROOT / "bench" / "results" /
                 ("detection_offline-smoke.json" if args.smoke else "detection_offline.json")).resolve()
     result = {"benchmark": "detection_offline", **run_info(args.seeds[0]), "seeds": args.seeds,

@@ -1,6 +1,6 @@
 """The cover signal on synthetic traffic where the answer is known: a uniform task harvest interleaved with chat
-is caught; the same harvest alone (an eval set), a skewed app, chat alone, and a set run as one batch between
-chats are not."""
+is caught; the same harvest alone (an eval set), a skewed app, chat alone, a set run as one batch between chats,
+and a person doing a few dozen sums between chats are not."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def test_task_prompts_are_built_in_tasks_or_numbers():
 
 
 def test_a_harvest_interleaved_with_chat_is_caught():
-    tasks = harvest_prompts(3, 150)
-    mixed = [p for pair in zip(tasks, chat(150)) for p in pair]
+    tasks = harvest_prompts(3, 200)
+    mixed = [p for pair in zip(tasks, chat(200)) for p in pair]
     r = judge(mixed)
     assert KEYS <= set(r) and r["flagged"] and r["score"] > 0.9, r
     assert r["interleave"] > 0.9 and 0.4 < r["chat_share"] < 0.6
@@ -69,19 +69,34 @@ def test_too_few_task_prompts_or_too_little_chat_say_nothing():
     assert judge(chat(300))["score"] == 0.0
 
 
-def test_the_detector_stops_camouflage_and_leaves_eval_runners_apps_and_researchers():
+def test_a_person_doing_sums_between_chats_is_not_a_harvest():
+    # A tutor's whole plan: 40-120 requests, about 40% of them sums spread through the chat. Interleaved like
+    # camouflage, but a person's volume: far under the bound.
+    judged = 0
+    for seed in range(8):
+        r = judge([p.text for p in plan("tutor", seed, 1200.0)])
+        assert r["score"] < 0.35, r
+        if r["num_task"] >= CoverConfig().min_task:
+            judged += 1
+            assert r["interleave"] > 0.45 and r["harvest"] < 0.35, r
+    assert judged >= 4  # most tutors send enough sums to be judged, and are judged harmless
+
+
+def test_the_detector_stops_camouflage_and_leaves_eval_runners_apps_researchers_and_tutors():
     from stillwatch.detect.detector import DEFAULT_WEIGHTS, Detector, DetectorConfig
     from stillwatch.detect.policy import STOPPING, load_policy
     from stillwatch.detect.traffic import to_events
 
     det = Detector(DetectorConfig(use_elicitation=False))
     for prof in ("camouflage", "eval", "app", "researcher", "chat"):
-        det.observe_many(to_events(prof, plan(prof, 1, 1200.0)[:160]))  # camouflage: 80 harvest prompts so far
+        det.observe_many(to_events(prof, plan(prof, 1, 1200.0)[:400]))  # camouflage: 200 harvest prompts so far
+    for seed in range(5):
+        det.observe_many(to_events(f"tutor-{seed}", plan("tutor", seed, 1200.0)))
     policy = load_policy()
     actions = {a.account: policy.action(a.risk, a.basis_requests) for a in det.assess_all()}
     assert actions.pop("camouflage") in STOPPING
     assert set(actions.values()) == {"allow"}, actions
     without = Detector(DetectorConfig(use_elicitation=False, weights={**DEFAULT_WEIGHTS, "cover": 0.0}))
-    without.observe_many(to_events("camouflage", plan("camouflage", 1, 1200.0)[:160]))
+    without.observe_many(to_events("camouflage", plan("camouflage", 1, 1200.0)[:400]))
     alone = without.assess("camouflage")
     assert alone.risk > 0.001 and policy.action(alone.risk) == "allow"  # coverage alone lets it through

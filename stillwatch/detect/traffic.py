@@ -15,7 +15,7 @@ from typing import Any, Callable
 from stillwatch.detect.events import Event
 from stillwatch.tasks import examples, get_tasks
 
-HONEST = ("chat", "app", "eval", "researcher")
+HONEST = ("chat", "app", "eval", "researcher", "tutor")
 ATTACKERS = ("bulk", "slow", "campaign", "camouflage", "paraphrase", "elicit", "diversity", "underlimit")
 
 _TOPICS = ("my garden", "a birthday party", "the weekend", "a job interview", "learning french", "my old car",
@@ -117,6 +117,13 @@ def plan(profile: str, seed: int, duration: float, scale: float = 1.0, shard: tu
         return [Planned(at, [{"role": "user", "content": p}], params={"temperature": t, "logprobs": True,
                                                                      "top_logprobs": 3, "max_tokens": 48})
                 for at, (p, t) in zip(times, reqs)]
+    if profile == "tutor":
+        # A person working through arithmetic homework with the model, chatting between the sums: of the honest
+        # accounts the one most like camouflage (task prompts spread through chat), at a person's volume.
+        n = count(40, 120)
+        sums = iter(harvest_prompts(rng.randint(0, 10**6), n, ("add", "mul")))
+        texts = [next(sums) if rng.random() < 0.4 else _chat_text(rng) for _ in range(n)]
+        return [Planned(t, [{"role": "user", "content": x}], params={}) for t, x in zip(_arrivals(rng, n, duration), texts)]
     kd = {"logprobs": True, "top_logprobs": 5, "temperature": 1.0, "max_tokens": 48}
     if profile in ("bulk", "underlimit", "slow"):
         n = {"bulk": count(1200, 1500), "underlimit": count(500, 600), "slow": count(250, 300)}[profile]

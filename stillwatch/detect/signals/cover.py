@@ -4,9 +4,11 @@ Coverage needs hundreds of distinct task prompts before it weighs fully, because
 uniform prompts is what an eval runner sends: one fixed set, once, as a program, with nothing else between its
 items. A harvester who hides mixes chat into the stream so that the account looks like a person. The mix is the
 tell: chat and a uniform task stream interleaved prompt by prompt are one client switching between cover and job,
-where an honest account is one or the other (a person who runs a set between chats sends it as a batch, which
-switches twice). So the task sub-stream (prompts that name a built-in task or carry numbers: coverage's domain)
-is judged with a bound sized for a stream that brings its own cover, and only as far as
+where a program is one or the other and a person who runs a set between chats sends it as a batch (which switches
+twice). A person can also ask a sum now and then between chats, as a student doing homework does; that is a few
+dozen task prompts, and a harvest worth having is hundreds. So the task sub-stream (prompts that name a built-in
+task or carry numbers: coverage's domain) is judged with a bound sized for a stream that brings its own cover,
+above a person's volume, and only as far as
   * the rest of the account's traffic is chat (`chat_share`: its share of the prompts), and
   * the task prompts are spread through that chat (`interleave`: switches between task and chat over the most the
     two counts allow; strict alternation is 1, a random shuffle max(p, 1 - p), one batch about 0).
@@ -26,7 +28,9 @@ from stillwatch.detect.signals.coverage import CoverageConfig, CoverageCounts, c
 class CoverConfig:
     """How much of a covered task stream it takes to be fully suspicious."""
 
-    full_distinct: int = 40  # distinct task prompts for full weight once chat covers them (coverage's own: 400)
+    # Distinct task prompts for full weight once chat covers them (coverage's own: 400). At 40, a person doing a
+    # few dozen sums between chats read as a hidden harvest; harvests of 150 carry little of the teacher.
+    full_distinct: int = 150
     # Digits for the uniformity test: five a bin is chi-square's own rule, and enough to reject an app's round
     # amounts (a third of their digits are 0); coverage waits for 100 because it has no other evidence.
     min_digits: int = 50
