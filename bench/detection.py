@@ -80,16 +80,18 @@ STUDENT_POSITIONS = 128  # the `student` preset's learned positions
 TOUCHING = ("flag", "throttle", "hide_reasoning", "degrade", "block")
 SIZES = {
     # Honest accounts are mostly people chatting, plus ten of each heavy honest profile that looks most like a
-    # harvester (one-task apps, eval runners, temperature-sweeping researchers). 30 attacker identities over the
+    # harvester (one-task apps, eval runners, temperature-sweeping researchers) and twenty people doing sums
+    # between chats, the profile closest to camouflage. 30 attacker identities over the
     # seven profiles and a 100-account campaign. The duration keeps the offered load near what the builtin
     # teacher serves on 2 shared cores, so that the gateway's clock, not its queue, paces the clients.
-    "full": dict(honest={"chat": 970, "app": 10, "eval": 10, "researcher": 10},
+    "full": dict(honest={"chat": 950, "app": 10, "eval": 10, "researcher": 10, "tutor": 20},
                  attackers={"bulk": 4, "slow": 4, "camouflage": 4, "paraphrase": 4, "elicit": 5, "diversity": 4,
                             "underlimit": 5},
                  campaign=100, duration=1500.0, concurrency=48, max_requests=200_000, preset="student",
                  epochs=40, min_steps=100, max_steps=3000, batch_size=16, lr=3e-3, eval_n=50, control_prompts=None,
                  cost_accounts=200),
-    "smoke": dict(honest={"chat": 6, "app": 1, "eval": 1, "researcher": 1}, attackers={p: 1 for p in PROFILES},
+    "smoke": dict(honest={"chat": 6, "app": 1, "eval": 1, "researcher": 1, "tutor": 1},
+                  attackers={p: 1 for p in PROFILES},
                   campaign=4, duration=8.0, concurrency=16, max_requests=300, preset="student-tiny",
                   epochs=1, min_steps=3, max_steps=4, batch_size=8, lr=3e-3, eval_n=4, control_prompts=40,
                   cost_accounts=12),
@@ -611,7 +613,7 @@ def main() -> None:
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()  # one bar per student load would bury the table
     size = SIZES["smoke" if args.smoke else "full"]
-    out_path = args.out or ROOT / "bench" / "results" / ("detection-smoke.json" if args.smoke else "detection.json")
+    out_path = args.out or results_path(args.smoke)
     teacher_dir = resolve_model_dir(args.teacher or BUILTIN)
     model, tokenizer = load_model(teacher_dir)
     teacher = LocalTeacher(model, tokenizer)
@@ -678,7 +680,7 @@ def main() -> None:
 def run_jobs(args: argparse.Namespace) -> None:
     """Each seed in its own child process (`--jobs` at once), then one JSON over them all, in seed order. The
     first seed's child also measures the control and the detector's cost, as a one-process run does."""
-    out_path = ROOT / "bench" / "results" / ("detection-smoke.json" if args.smoke else "detection.json")
+    out_path = results_path(args.smoke)
     flags = [f for f, on in (("--smoke", args.smoke), ("--no-students", args.no_students),
                              ("--identity-students", args.identity_students)) if on]
     flags += ["--teacher", str(args.teacher)] if args.teacher else []
@@ -705,6 +707,11 @@ def run_jobs(args: argparse.Namespace) -> None:
     out_path.write_text(json.dumps(merged, indent=2, default=float) + "\n")
     print_table(merged)
     print(f"wrote {out_path.relative_to(ROOT)}")
+
+
+def results_path(smoke: bool) -> Path:
+    """Where a run's merged results go: the smoke run never overwrites the committed full one."""
+    return ROOT / "bench" / "results" / ("detection-smoke.json" if smoke else "detection.json")
 
 
 def _shown(path: Path) -> str:
