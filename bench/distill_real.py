@@ -301,6 +301,12 @@ def main() -> None:
     args.row_specs = parse_rows(args.rows, size["harvest_prompts"])
     out = OUT / ("distill_real-smoke.json" if args.smoke else "distill_real.json")
     result = json.loads(out.read_text()) if out.is_file() else {}
+    # Rows kept from earlier invocations stay in the file, so each invocation's command and commit are kept too.
+    this_run = {**{k: v for k, v in run_info(args.seeds[0]).items() if k != "machine"}, "parts": args.parts,
+                "rows": [row_name(m, n) for m, n in args.row_specs] if "cross" in args.parts else []}
+    history = result.get("invocations") or ([{"command": result["command"], "git_commit": result.get("git_commit")}]
+                                            if result.get("command") else [])
+    result["invocations"] = [*history, this_run]
 
     def write(part: str, section: dict) -> None:
         if out.is_file():  # another part may be running beside this one: keep the sections it wrote meanwhile
